@@ -1,0 +1,157 @@
+"""`candor` command line: clean a candidate-labelled dataset, predict with a classifier."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from app.ml.config import OBJECTIVES, CleanConfig
+
+
+def default_cache_path() -> Path:
+    base = os.environ.get("CANDOR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "candor")
+    return Path(base) / "features.sqlite"
+
+
+def build_config(args: argparse.Namespace) -> CleanConfig:
+    """The typed config: --config FILE first, then the explicit flags on top."""
+    from app.ml.data import InputError
+
+    cfg = CleanConfig()
+    if args.config:
+        try:
+            cfg = CleanConfig.model_validate_json(Path(args.config).read_text())
+        except OSError as exc:
+            raise InputError(f"config file {args.config!r}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise InputError(f"config file {args.config!r}: {exc}") from exc
+    overrides: dict = {}
+    if args.backbone:
+        overrides["backbone"] = args.backbone
+    if args.objective:
+        overrides["objective"] = {"name": args.objective}
+    if args.alignment:
+        overrides["alignment"] = {"enabled": args.alignment == "on"}
+    train = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    if train:
+        overrides["train"] = train
+    if args.view:
+        overrides["features"] = {"view": args.view}
+    return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from app.ml.backbones import parse_spec
+    from app.ml.data import read_classes, read_manifest
+    from app.ml.engine import clean
+    from app.ml.features import SqliteFeatureStore
+
+    cfg = build_config(args)
+    parse_spec(cfg.backbone)
+    classes = read_classes(args.classes)
+    dataset = read_manifest(args.manifest, classes)
+    store = SqliteFeatureStore(args.cache or default_cache_path())
+    out = clean(dataset, cfg, store=store, progress=not args.quiet)
+
+    # Everything is computed; write the outputs into a fresh folder, then move them into place.
+    target = Path(args.out)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".candor-", dir=target))
+    try:
+        with (staging / "results.jsonl").open("w") as f:
+            for item in out.items:
+                f.write(json.dumps(item.to_dict()) + "\n")
+        (staging / "metrics.json").write_text(json.dumps(out.metrics, indent=2) + "\n")
+        (staging / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        out.classifier.save(staging / "classifier")
+        for entry in staging.iterdir():
+            dest = target / entry.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            elif dest.exists():
+                dest.unlink()
+            entry.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    n = len(out.items)
+    flagged = sum(i.ambiguous for i in out.items)
+    suspect = sum(i.candidates_suspect for i in out.items)
+    print(
+        f"cleaned {n} items: {flagged} ambiguous, {suspect} with suspect candidate sets; "
+        f"wrote {target / 'results.jsonl'} and {target / 'classifier'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from app.ml.artifacts import Classifier
+    from app.ml.backbones import load_backbone
+    from app.ml.features import decode_image
+
+    clf = Classifier.load(args.artifact)
+    images = []
+    for path in args.images:
+        p = Path(path)
+        if not p.is_file():
+            from app.ml.data import InputError
+
+            raise InputError(f"image {path!r} does not exist")
+        images.append(decode_image(p.read_bytes(), f"image {path!r}"))
+    backbone = load_backbone(clf.backbone)
+    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
+    preds = clf.predict(backbone, images, top_k=args.top_k, candidates=candidates)
+    for path, top in zip(args.images, preds, strict=True):
+        print(json.dumps({"image": path, "label": top[0][0], "top": [{"label": c, "p": p} for c, p in top]}))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="candor", description="Clean candidate-label image annotations.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("clean", help="learn from a candidate-label manifest; write labels and a classifier")
+    c.add_argument("manifest", help="JSONL: {id, image (relative path), candidates: [class, ...]} per line")
+    c.add_argument("--classes", required=True, help="text file, one class a line (or JSON {\"classes\": [...]})")
+    c.add_argument("--out", required=True, help="output folder: results.jsonl, metrics.json, classifier/")
+    c.add_argument("--backbone", help="offline (default) | tiny | openclip:MODEL[:PRETRAINED_OR_FILE]")
+    c.add_argument("--objective", choices=OBJECTIVES, help="PLL objective (default proden)")
+    c.add_argument("--alignment", choices=("off", "on"), help="prompt alignment with the handcrafted prompt (default on)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    c.add_argument("--seed", type=int, help="random seed (default 0)")
+    c.add_argument("--view", choices=("plain", "invert"), help="image view; invert for light-on-dark images")
+    c.add_argument("--config", help="typed config as JSON (see docs/config.md); flags override it")
+    c.add_argument("--cache", help="feature cache file (default $CANDOR_CACHE_DIR/features.sqlite)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_clean)
+
+    pr = sub.add_parser("predict", help="classify images with a classifier folder written by `clean`")
+    pr.add_argument("artifact", help="classifier folder (classifier.safetensors + classifier.json)")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--candidates", help="comma-separated classes to restrict the answer to")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from app.ml.artifacts import ArtifactError
+    from app.ml.backbones import BackboneUnavailable
+    from app.ml.data import InputError
+    from app.ml.features import ImageError
+
+    try:
+        return args.func(args)
+    except (InputError, ImageError, ArtifactError, BackboneUnavailable, ValueError) as exc:
+        print(f"candor: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""open_clip backbones: any open_clip model with a pretrained tag, a local checkpoint, or random init.
+
+The prompt path wraps open_clip's own text modules (token embedding, positional embedding,
+transformer, ln_final, projection) for both ``CLIP`` (modules on the model) and ``CustomTextCLIP``
+(modules under ``model.text``). Prompts run at the length of the longest tokenised prompt: for a
+causally masked tower pooled at the end-of-text token nothing after that token can influence the
+pooled feature, so the truncation is exact (proved by ``tests/test_openclip_backbone.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from app.ml.backbones.base import BackboneUnavailable, apply_view, clean_classname
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+TINY_MODEL = "candor-tiny"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make Candor's own open_clip configs (the tiny test model) known to open_clip."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _TextTower:
+    """The frozen text modules of an open_clip model, found on ``CLIP`` or ``CustomTextCLIP``."""
+
+    def __init__(self, model: nn.Module):
+        owner = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+        if owner is None or not hasattr(owner, "token_embedding") or not hasattr(owner, "transformer"):
+            raise BackboneUnavailable(
+                f"{type(model).__name__} has no open_clip text transformer (Hugging Face text towers are "
+                "not supported for prompt learning); choose a CLIP model with a native text tower"
+            )
+        if getattr(owner, "cls_emb", None) is not None:
+            raise BackboneUnavailable("text towers with a class embedding are not supported for prompt learning")
+        self.token_embedding = owner.token_embedding
+        self.positional_embedding = owner.positional_embedding
+        self.transformer = owner.transformer
+        self.attn_mask = getattr(owner, "attn_mask", None)
+        self.ln_final = owner.ln_final
+        self.text_projection = owner.text_projection
+        self.pool_type = getattr(owner, "text_pool_type", getattr(owner, "pool_type", "argmax"))
+        self.eos_id = getattr(owner, "text_eos_id", getattr(owner, "eos_id", None))
+        self.context_length = self.positional_embedding.shape[0]
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (ids == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "first":
+            return torch.zeros(ids.shape[0], dtype=torch.long)
+        return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
+
+    def run(self, embeds: torch.Tensor, pool_idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, L, W) -> projected pooled features (B, D), unnormalised."""
+        length = embeds.shape[1]
+        x = embeds + self.positional_embedding[:length].to(embeds.dtype)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), pool_idx]
+        proj = self.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+class OpenClipPromptEncoder(nn.Module):
+    """CoOp prompts ``[SOS][V1]..[VM][CLASS][.][EOS]`` for K classes, at the truncated length."""
+
+    def __init__(self, tower: _TextTower, tokenizer, classnames: Sequence[str], n_ctx: int):
+        super().__init__()
+        self.tower = tower
+        self.n_ctx = n_ctx
+        placeholder = " ".join(["X"] * n_ctx)
+        ids = tokenizer([f"{placeholder} {clean_classname(c)}." for c in classnames])
+        ids = ids.to(tower.token_embedding.weight.device)
+        pool_idx = tower.pool_index(ids)
+        exact = tower.attn_mask is not None and tower.pool_type in ("argmax", "eos", "first")
+        if exact and int(pool_idx.max()) >= ids.shape[1] - 1:
+            longest = classnames[int(pool_idx.argmax())]
+            raise ValueError(f"class name {longest!r} is too long: its prompt does not fit the text context")
+        self.seq_len = int(pool_idx.max()) + 1 if exact else ids.shape[1]
+        with torch.no_grad():
+            embeds = tower.token_embedding(ids[:, : self.seq_len])
+        self.register_buffer("prefix", embeds[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embeds[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("pool_idx", pool_idx, persistent=False)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        k = self.prefix.shape[0]
+        ctx = ctx.unsqueeze(0).expand(k, -1, -1).to(self.prefix.dtype)
+        embeds = torch.cat([self.prefix, ctx, self.suffix], dim=1)
+        return F.normalize(self.tower.run(embeds, self.pool_idx), dim=-1)
+
+
+class OpenClipBackbone:
+    """An open_clip model, frozen, in eval mode."""
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
+        register_model_configs()
+        self.device = torch.device(device)
+        if model_name not in open_clip.list_models():
+            raise BackboneUnavailable(
+                f"unknown open_clip model {model_name!r}; `python -c \"import open_clip; "
+                "print(open_clip.list_models())\"` lists the known names"
+            )
+        if pretrained in (None, "", "random", "none"):
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            weights = f"random-seed{seed}"
+        elif Path(pretrained).is_file():
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+            weights = f"file-sha256-{file_digest(pretrained)[:16]}"
+        else:
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+            except Exception as exc:
+                raise BackboneUnavailable(
+                    f"cannot load pretrained weights {pretrained!r} for open_clip model {model_name!r} "
+                    f"({type(exc).__name__}: {exc}). Either run where the model hub is reachable so open_clip "
+                    f"can download them, or pass a local checkpoint file: "
+                    f"--backbone openclip:{model_name}:/path/to/checkpoint.pt"
+                ) from exc
+            weights = pretrained
+        model.eval().requires_grad_(False).to(self.device)
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.tower = _TextTower(model)
+        self.model_name = model_name
+        self.spec = f"openclip:{model_name}:{pretrained}" if pretrained else f"openclip:{model_name}"
+        self.id = f"openclip:{model_name}:{weights}:open_clip-{open_clip.__version__}"
+        self.embed_dim = int(self.encode_texts(["a"]).shape[1])
+        self.ctx_dim = int(self.tower.token_embedding.weight.shape[1])
+        self.logit_scale = float(model.logit_scale.exp()) if pretrained not in (None, "", "random", "none") else 100.0
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image], view: str = "plain") -> torch.Tensor:
+        batch = torch.stack([self.preprocess(apply_view(im, view)) for im in images]).to(self.device)
+        return self.model.encode_image(batch, normalize=True).float()
+
+    def image_batch(self, images: Sequence[Image.Image], view: str = "plain") -> torch.Tensor:
+        return torch.stack([self.preprocess(apply_view(im, view)) for im in images]).to(self.device)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(ids, normalize=True).float()
+
+    def context_init(self, words: str | None, n_ctx: int, generator: torch.Generator) -> torch.Tensor:
+        if words:
+            ids = self.tokenizer([words])[0]
+            n_words = int(self.tower.pool_index(ids.unsqueeze(0))[0]) - 1
+            with torch.no_grad():
+                return self.tower.token_embedding(ids[1 : 1 + n_words].to(self.device)).float().clone()
+        return torch.randn(n_ctx, self.ctx_dim, generator=generator) * 0.02
+
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> OpenClipPromptEncoder:
+        return OpenClipPromptEncoder(self.tower, self.tokenizer, classnames, n_ctx)

@@ -1,0 +1,81 @@
+"""The engine's public entry point: candidate-labelled images in, cleaned labels and a classifier out.
+
+The CLI, the worker, the API and the benchmarks all call :func:`clean` (or its two halves,
+:func:`app.ml.features.featurize` and :func:`app.ml.trainer.train`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from app.ml.artifacts import Classifier
+from app.ml.backbones import Backbone, load_backbone
+from app.ml.config import CleanConfig
+from app.ml.data import CandidateDataset
+from app.ml.features import FeatureStore, MemoryFeatureStore, featurize
+from app.ml.results import ItemResult, choice_within, item_results
+from app.ml.trainer import Hooks, TrainResult, train
+
+
+@dataclass
+class CleanOutput:
+    items: list[ItemResult]
+    classifier: Classifier
+    metrics: dict
+    train: TrainResult
+
+
+def job_metrics(result: TrainResult, mask: torch.Tensor) -> dict:
+    """Label-free summaries of a finished job (no true labels needed)."""
+    m = mask.double()
+    k = m.shape[1]
+    size = m.sum(dim=1)
+    prior_top = result.prior_posterior.argmax(dim=1)
+    learned_choice = choice_within(result.posterior, m)
+    prior_choice = choice_within(result.prior_posterior, m)
+    return {
+        "items": int(m.shape[0]),
+        "classes": int(k),
+        "mean_candidates": round(float(size.mean()), 4),
+        "prior_top1_in_candidates": round(float(m[torch.arange(m.shape[0]), prior_top].mean()), 4),
+        "chance_in_candidates": round(float((size / k).mean()), 4),
+        "prior_candidate_mass": round(float((result.prior_posterior.double() * m).sum(dim=1).mean()), 4),
+        "agreement_with_prior": round(float((learned_choice == prior_choice).double().mean()), 4),
+        "candidate_mass": round(float((result.posterior.double() * m).sum(dim=1).mean()), 4),
+        "history": result.history,
+    }
+
+
+def clean(
+    dataset: CandidateDataset,
+    cfg: CleanConfig | None = None,
+    backbone: Backbone | None = None,
+    store: FeatureStore | None = None,
+    hooks: Hooks | None = None,
+    progress: bool = False,
+) -> CleanOutput:
+    cfg = cfg or CleanConfig()
+    backbone = backbone or load_backbone(cfg.backbone)
+    store = store if store is not None else MemoryFeatureStore()
+    features = featurize(
+        backbone, dataset.images, store, view=cfg.features.view, batch_size=cfg.features.batch_size, progress=progress
+    )
+    mask = dataset.mask()
+    result = train(backbone, dataset.classes, features, mask, cfg, hooks=hooks, progress=progress)
+    items = item_results(dataset.ids, dataset.classes, result.posterior, mask, cfg.output, result.prior_posterior)
+    metrics = job_metrics(result, mask)
+    classifier = Classifier(
+        backbone=backbone.spec,
+        backbone_id=backbone.id,
+        classes=list(dataset.classes),
+        ctx=result.ctx,
+        class_features=result.class_features,
+        prior_features=result.prior_features,
+        logit_scale=result.logit_scale,
+        view=cfg.features.view,
+        config=cfg.model_dump(mode="json"),
+        metrics={k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]},
+    )
+    return CleanOutput(items=items, classifier=classifier, metrics=metrics, train=result)

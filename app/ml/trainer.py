@@ -1,0 +1,277 @@
+"""The training loop: CoOp context vectors tuned on cached image features with a PLL objective,
+optionally aligned with the handcrafted prompt's posterior.
+
+Only the context is a parameter. A step runs the text tower once over the K prompts at the
+truncated length, multiplies by the batch's cached image features, and updates the per-item
+confidences (state indexed by a stable item index, saved in every checkpoint). The loop is owned
+here, resumable from a :class:`Checkpoint`, cancellable between batches, and deterministic given
+``train.seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from app.ml.alignment import learnable_weight, mixed_posterior
+from app.ml.backbones import Backbone, handcrafted_features
+from app.ml.config import CleanConfig
+from app.ml.objectives import build_objective, soft_cross_entropy
+
+
+class Cancelled(Exception):
+    """Raised between batches when the caller asked to stop."""
+
+
+@dataclass
+class Progress:
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    seconds: float
+
+    @property
+    def eta_seconds(self) -> float:
+        done = self.epoch * self.steps + self.step
+        total = self.epochs * self.steps
+        return self.seconds / max(done, 1) * (total - done)
+
+
+@dataclass
+class Hooks:
+    """Callbacks of the loop; all optional."""
+
+    on_step: Callable[[Progress], None] | None = None
+    on_epoch_end: Callable[[Checkpoint], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue training after ``epoch`` completed epochs."""
+
+    epoch: int
+    ctx: torch.Tensor
+    confidence: torch.Tensor
+    mask: torch.Tensor
+    optimizer: dict
+    objective: dict
+    rng: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Split into safetensors-able tensors and JSON-able metadata."""
+        tensors = {"ctx": self.ctx, "confidence": self.confidence, "mask": self.mask, "rng": self.rng}
+        for name, value in self.objective.items():
+            tensors[f"objective.{name}"] = value
+        opt_state = self.optimizer.get("state", {}).get(0, {})
+        for name, value in opt_state.items():
+            tensors[f"optimizer.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        meta = {"epoch": self.epoch, "history": self.history, "param_groups": self.optimizer.get("param_groups", [])}
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict) -> Checkpoint:
+        objective = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("objective.")}
+        opt = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        return cls(
+            epoch=int(meta["epoch"]),
+            ctx=tensors["ctx"],
+            confidence=tensors["confidence"],
+            mask=tensors["mask"],
+            optimizer={"state": {0: opt} if opt else {}, "param_groups": meta.get("param_groups", [])},
+            objective=objective,
+            rng=tensors["rng"],
+            history=list(meta.get("history", [])),
+        )
+
+
+@dataclass
+class TrainResult:
+    ctx: torch.Tensor  # (n_ctx, ctx_dim)
+    class_features: torch.Tensor  # (K, D) learned prompt features, normalised
+    prior_features: torch.Tensor  # (K, D) handcrafted prompt features, normalised
+    posterior: torch.Tensor  # (N, K) softmax of the learned prompt's logits
+    prior_posterior: torch.Tensor  # (N, K) softmax of the handcrafted prompt's logits
+    confidence: torch.Tensor  # (N, K) the objective's confidences
+    mask: torch.Tensor  # (N, K) candidate mask (purified by POP)
+    history: list[dict]
+    logit_scale: float
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _optimizer(params: list[nn.Parameter], cfg: CleanConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _lr_at(cfg: CleanConfig, step: int, steps_per_epoch: int) -> float:
+    """CoOp's schedule: optional constant warm-up at 1e-5, then cosine from lr to 0."""
+    t = cfg.train
+    warm = t.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return 1e-5
+    total = max(t.epochs * steps_per_epoch - warm, 1)
+    return 0.5 * t.lr * (1.0 + math.cos(math.pi * (step - warm) / total))
+
+
+@torch.no_grad()
+def all_logits(features: torch.Tensor, class_features: torch.Tensor, scale: float, chunk: int = 8192) -> torch.Tensor:
+    out = [scale * features[i : i + chunk] @ class_features.T for i in range(0, features.shape[0], chunk)]
+    return torch.cat(out) if out else features.new_zeros(0, class_features.shape[0])
+
+
+def train(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: CleanConfig,
+    hooks: Hooks | None = None,
+    resume: Checkpoint | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Tune the context on (N, D) cached image features with (N, K) candidate masks."""
+    hooks = hooks or Hooks()
+    if features.shape[0] != mask.shape[0] or mask.shape[1] != len(classnames):
+        raise ValueError(f"shape mismatch: features {tuple(features.shape)}, mask {tuple(mask.shape)}, K={len(classnames)}")
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise ValueError(f"item {int((mask.sum(dim=1) == 0).nonzero()[0])} has an empty candidate set")
+    device = backbone.device
+    seed_everything(cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    scale = backbone.logit_scale
+    n, k = mask.shape
+    feats = features.to(device).float()
+
+    ctx = nn.Parameter(backbone.context_init(cfg.prompt.ctx_init, cfg.prompt.n_ctx, gen).to(device))
+    encoder = backbone.prompt_encoder(classnames, ctx.shape[0])
+    prior = handcrafted_features(backbone, classnames, cfg.templates).to(device)
+    prior_logits = all_logits(feats, prior, scale)
+
+    objective = build_objective(cfg.objective)
+    confidence = objective.init_confidence(mask).to(device)
+    cur_mask = mask.to(device).float()
+    opt = _optimizer([ctx], cfg)
+    start_epoch, history = 0, []
+    prev_choice = None
+    if resume is not None:
+        with torch.no_grad():
+            ctx.copy_(resume.ctx.to(device))
+        confidence = resume.confidence.to(device).clone()
+        cur_mask = resume.mask.to(device).clone()
+        if resume.optimizer.get("state"):
+            opt.load_state_dict(resume.optimizer)
+        objective.load_state_dict(resume.objective)
+        gen.set_state(resume.rng)
+        start_epoch, history = resume.epoch, list(resume.history)
+        with torch.no_grad():
+            post = F.softmax(all_logits(feats, encoder(ctx), scale), dim=1)
+        prev_choice = (post * cur_mask).argmax(dim=1)
+
+    align = cfg.alignment
+    mix = align.mix
+    use_target = align.enabled and objective.keeps_confidence and align.mode in ("target", "both")
+    use_extra = align.enabled and (not objective.keeps_confidence or align.mode in ("extra_loss", "both"))
+    bsz = cfg.train.batch_size
+    steps = math.ceil(n / bsz)
+    total_steps = max(cfg.train.epochs * steps - 1, 1)
+    started = time.monotonic()
+    bar = tqdm(total=(cfg.train.epochs - start_epoch) * steps, desc="training", unit="step", disable=not progress)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        order = torch.randperm(n, generator=gen)
+        losses = []
+        for step in range(steps):
+            if hooks.should_cancel is not None and hooks.should_cancel():
+                bar.close()
+                raise Cancelled()
+            global_step = epoch * steps + step
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, global_step, steps)
+            idx = order[step * bsz : (step + 1) * bsz].to(device)
+            s = cur_mask[idx]
+            logits = scale * feats[idx] @ encoder(ctx).T
+            m = None
+            if align.enabled:
+                alpha = learnable_weight(mix, global_step / total_steps)
+                m = mixed_posterior(logits, prior_logits[idx], s, alpha, mix.space, mix.temperature)
+            if use_target:
+                target = objective.confidence_from(logits.detach(), s, m)
+                loss = objective.loss(logits, s, target)
+            else:
+                loss = objective.loss(logits, s, confidence[idx])
+            if use_extra:
+                loss = loss + align.lam * soft_cross_entropy(logits, m)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            objective.update(confidence, idx, logits, s, m if use_target else None)
+            losses.append(float(loss))
+            bar.update(1)
+            if hooks.on_step is not None:
+                hooks.on_step(Progress(epoch, cfg.train.epochs, step + 1, steps, losses[-1], time.monotonic() - started))
+
+        cur_mask = objective.on_epoch_end(epoch, confidence, cur_mask)
+        with torch.no_grad():
+            post = F.softmax(all_logits(feats, encoder(ctx), scale), dim=1)
+        inside = (post * cur_mask).sum(dim=1)
+        choice = (post * cur_mask).argmax(dim=1)
+        record = {
+            "epoch": epoch + 1,
+            "loss": sum(losses) / len(losses),
+            "candidate_mass": float(inside.mean()),
+            "candidate_loglik": float(inside.clamp_min(1e-12).log().mean()),
+            "changed": None if prev_choice is None else float((choice != prev_choice).float().mean()),
+        }
+        prev_choice = choice
+        history.append(record)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(
+                Checkpoint(
+                    epoch=epoch + 1,
+                    ctx=ctx.detach().clone(),
+                    confidence=confidence.clone(),
+                    mask=cur_mask.clone(),
+                    optimizer=opt.state_dict(),
+                    objective=objective.state_dict(),
+                    rng=gen.get_state(),
+                    history=list(history),
+                )
+            )
+    bar.close()
+
+    with torch.no_grad():
+        learned = encoder(ctx)
+        posterior = F.softmax(all_logits(feats, learned, scale), dim=1)
+    return TrainResult(
+        ctx=ctx.detach().cpu(),
+        class_features=learned.cpu(),
+        prior_features=prior.cpu(),
+        posterior=posterior.cpu(),
+        prior_posterior=F.softmax(prior_logits, dim=1).cpu(),
+        confidence=confidence.cpu(),
+        mask=cur_mask.cpu(),
+        history=history,
+        logit_scale=scale,
+    )
