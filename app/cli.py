@@ -117,11 +117,13 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="learn from a candidate-label manifest; write labels and a classifier")
     c.add_argument("manifest", help="JSONL: {id, image (relative path), candidates: [class, ...]} per line")
-    c.add_argument("--classes", required=True, help="text file, one class a line (or JSON {\"classes\": [...]})")
+    c.add_argument("--classes", required=True, help='text file, one class a line (or JSON {"classes": [...]})')
     c.add_argument("--out", required=True, help="output folder: results.jsonl, metrics.json, classifier/")
     c.add_argument("--backbone", help="offline (default) | tiny | openclip:MODEL[:PRETRAINED_OR_FILE]")
     c.add_argument("--objective", choices=OBJECTIVES, help="PLL objective (default proden)")
-    c.add_argument("--alignment", choices=("off", "on"), help="prompt alignment with the handcrafted prompt (default on)")
+    c.add_argument(
+        "--alignment", choices=("off", "on"), help="prompt alignment with the handcrafted prompt (default on)"
+    )
     c.add_argument("--epochs", type=int, help="training epochs (default 10)")
     c.add_argument("--seed", type=int, help="random seed (default 0)")
     c.add_argument("--view", choices=("plain", "invert"), help="image view; invert for light-on-dark images")

@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((out / "config.json").read_text())
     name = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
     print(f"{name:<46}{candor:>10d} / {n}  {100 * candor / n:5.1f}%")
-    print(f"flagged ambiguous: {ambiguous}; prior top-1 inside the candidate sets: "
-          f"{metrics['prior_top1_in_candidates']:.1%} (chance {metrics['chance_in_candidates']:.1%})")
+    print(
+        f"flagged ambiguous: {ambiguous}; prior top-1 inside the candidate sets: "
+        f"{metrics['prior_top1_in_candidates']:.1%} (chance {metrics['chance_in_candidates']:.1%})"
+    )
     print(f"classifier: {out / 'classifier'}; try: candor predict {out / 'classifier'} {folder / 'images'}/*.png")
     return 0
 

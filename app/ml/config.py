@@ -39,6 +39,9 @@ class ObjectiveConfig(_Frozen):
         "uniform", description="NAIVE as -sum (s/|S|) log p ('uniform') or as CC ('cc')"
     )
     lws_weight: float = Field(2.0, ge=0.0, description="LWS beta: weight of the non-candidate term")
+    lws_loss: Literal["log", "sigmoid"] = Field(
+        "log", description="LWS per-class loss: -log p / -log(1-p) ('log') or the paper's sigmoid psi(z)"
+    )
     pop_warmup: int = Field(20, ge=0, description="POP: epochs before candidate sets are purified")
     pop_window: int = Field(5, ge=1, description="POP: epochs of confidences averaged for purification")
     pop_theta: float = Field(1e-3, gt=0.0, description="POP: initial purification threshold")
@@ -52,9 +55,7 @@ class MixConfig(_Frozen):
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     alpha_start: float = Field(0.5, ge=0.0, le=1.0, description="weight of the learnable prompt at the start")
     alpha_end: float = Field(1.0, ge=0.0, le=1.0, description="weight of the learnable prompt at the end")
-    prior_weight_max: float = Field(
-        1.0, ge=0.0, le=1.0, description="cap on the handcrafted prompt's weight 1 - alpha"
-    )
+    prior_weight_max: float = Field(1.0, ge=0.0, le=1.0, description="cap on the handcrafted prompt's weight 1 - alpha")
     space: Literal["prob", "logit"] = Field("prob", description="arithmetic (prob) or geometric (logit) mix")
     temperature: float = Field(1.0, gt=0.0, description="temperature applied to both branches' logits")
 

@@ -106,8 +106,7 @@ class SqliteFeatureStore:
 
     def put_many(self, backbone_id, view, features):
         rows = [
-            (backbone_id, view, h, int(v.shape[-1]), np.asarray(v, dtype="<f4").tobytes())
-            for h, v in features.items()
+            (backbone_id, view, h, int(v.shape[-1]), np.asarray(v, dtype="<f4").tobytes()) for h, v in features.items()
         ]
         with self._lock:
             self._conn.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?)", rows)

@@ -132,10 +132,14 @@ class PRODEN(Objective):
 
 
 class LWS(Objective):
-    """LWS (Wen et al. 2021) with the sigmoid loss psi(u) = 1 / (1 + e^u).
+    """LWS (Wen et al. 2021).
 
-    loss = sum_k w_k s_k psi(z_k) + beta sum_k w_k (1 - s_k) psi(-z_k), averaged over the batch;
-    w starts at 1/K over all classes; w <- normalize(s*p) + normalize((1-s)*p).
+    ``lws_loss="sigmoid"``: loss = sum_k w_k s_k psi(z_k) + beta sum_k w_k (1 - s_k) psi(-z_k) with
+    psi(u) = 1 / (1 + e^u), as in the paper. At CLIP's logit scale (100 x cosine, logits of 20-100)
+    psi saturates and the gradient vanishes, so the default ``"log"`` uses -log p_k and
+    -log(1 - p_k) on the softmax in place of psi(z_k) and psi(-z_k), as prompt-learning code for
+    CLIP does. Averaged over the batch; w starts at 1/K over all classes;
+    w <- normalize(s*p) + normalize((1-s)*p).
     """
 
     def __init__(self, cfg: ObjectiveConfig):
@@ -147,8 +151,14 @@ class LWS(Objective):
 
     def loss(self, logits, mask, w):
         s = mask.float()
-        pos = (w * s * torch.sigmoid(-logits)).sum(dim=1)
-        neg = (w * (1 - s) * torch.sigmoid(logits)).sum(dim=1)
+        if self.cfg.lws_loss == "sigmoid":
+            pos_term, neg_term = torch.sigmoid(-logits), torch.sigmoid(logits)
+        else:
+            log_p = F.log_softmax(logits, dim=1)
+            pos_term = -log_p
+            neg_term = -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+        pos = (w * s * pos_term).sum(dim=1)
+        neg = (w * (1 - s) * neg_term).sum(dim=1)
         return (pos + self.cfg.lws_weight * neg).mean()
 
     def confidence_from(self, logits, mask, target):

@@ -118,6 +118,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _clone_state(state: dict) -> dict:
+    """A deep copy of an optimizer state dict (its tensors are live references otherwise)."""
+    return {
+        "state": {
+            k: {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()} for k, st in state["state"].items()
+        },
+        "param_groups": [dict(g) for g in state["param_groups"]],
+    }
+
+
 def _optimizer(params: list[nn.Parameter], cfg: CleanConfig) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adamw":
@@ -154,14 +164,16 @@ def train(
     """Tune the context on (N, D) cached image features with (N, K) candidate masks."""
     hooks = hooks or Hooks()
     if features.shape[0] != mask.shape[0] or mask.shape[1] != len(classnames):
-        raise ValueError(f"shape mismatch: features {tuple(features.shape)}, mask {tuple(mask.shape)}, K={len(classnames)}")
+        raise ValueError(
+            f"shape mismatch: features {tuple(features.shape)}, mask {tuple(mask.shape)}, K={len(classnames)}"
+        )
     if bool((mask.sum(dim=1) == 0).any()):
         raise ValueError(f"item {int((mask.sum(dim=1) == 0).nonzero()[0])} has an empty candidate set")
     device = backbone.device
     seed_everything(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     scale = backbone.logit_scale
-    n, k = mask.shape
+    n = mask.shape[0]
     feats = features.to(device).float()
 
     ctx = nn.Parameter(backbone.context_init(cfg.prompt.ctx_init, cfg.prompt.n_ctx, gen).to(device))
@@ -227,10 +239,12 @@ def train(
             loss.backward()
             opt.step()
             objective.update(confidence, idx, logits, s, m if use_target else None)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
             if hooks.on_step is not None:
-                hooks.on_step(Progress(epoch, cfg.train.epochs, step + 1, steps, losses[-1], time.monotonic() - started))
+                hooks.on_step(
+                    Progress(epoch, cfg.train.epochs, step + 1, steps, losses[-1], time.monotonic() - started)
+                )
 
         cur_mask = objective.on_epoch_end(epoch, confidence, cur_mask)
         with torch.no_grad():
@@ -253,8 +267,8 @@ def train(
                     ctx=ctx.detach().clone(),
                     confidence=confidence.clone(),
                     mask=cur_mask.clone(),
-                    optimizer=opt.state_dict(),
-                    objective=objective.state_dict(),
+                    optimizer=_clone_state(opt.state_dict()),
+                    objective={k: v.clone() for k, v in objective.state_dict().items()},
                     rng=gen.get_state(),
                     history=list(history),
                 )

@@ -47,7 +47,9 @@ def _efficientnet_lite0() -> tuple[nn.Module, str]:
     state = {}
     for (name, ref), value in zip(target.items(), src_values, strict=True):
         if tuple(ref.shape) != tuple(value.shape):
-            raise BackboneUnavailable(f"EfficientNet-Lite0 tensor {name}: shape {tuple(value.shape)} != {tuple(ref.shape)}")
+            raise BackboneUnavailable(
+                f"EfficientNet-Lite0 tensor {name}: shape {tuple(value.shape)} != {tuple(ref.shape)}"
+            )
         state[name] = value
     model.load_state_dict(state)
     return model.eval().requires_grad_(False), file_digest(path)[:16]
@@ -85,7 +87,9 @@ class MiniLMPromptEncoder(nn.Module):
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
         k = self.cls.shape[0]
         embeds = torch.cat([self.cls, ctx.unsqueeze(0).expand(k, -1, -1), self.rest], dim=1)
-        return _mean_pool(self.bert(inputs_embeds=embeds, attention_mask=self.attention).last_hidden_state, self.attention)
+        return _mean_pool(
+            self.bert(inputs_embeds=embeds, attention_mask=self.attention).last_hidden_state, self.attention
+        )
 
 
 def _mean_pool(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

@@ -131,8 +131,8 @@ class OpenClipBackbone:
         self.device = torch.device(device)
         if model_name not in open_clip.list_models():
             raise BackboneUnavailable(
-                f"unknown open_clip model {model_name!r}; `python -c \"import open_clip; "
-                "print(open_clip.list_models())\"` lists the known names"
+                f'unknown open_clip model {model_name!r}; `python -c "import open_clip; '
+                'print(open_clip.list_models())"` lists the known names'
             )
         if pretrained in (None, "", "random", "none"):
             torch.manual_seed(seed)

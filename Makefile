@@ -1,0 +1,46 @@
+# Candor — `make demo` runs the main job, `make test` runs the whole suite. Both set up everything.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.candor-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install data services test lint demo bench-speed clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision first and together: pip takes both from this machine's disk.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+data: $(FASHION)
+
+services:
+	scripts/services.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install data services lint
+	$(PY) -m pytest
+
+demo: install data
+	$(PY) -m app.demo
+
+bench-speed: install
+	$(PY) bench/speed.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
