@@ -111,6 +111,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.schema:
+        print(json.dumps(CleanConfig.model_json_schema(), indent=2))
+    else:
+        print(CleanConfig().model_dump_json(indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="candor", description="Clean candidate-label image annotations.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,10 +132,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--alignment", choices=("off", "on"), help="prompt alignment with the handcrafted prompt (default on)"
     )
-    c.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    c.add_argument("--epochs", type=int, help="training epochs (default 20)")
     c.add_argument("--seed", type=int, help="random seed (default 0)")
     c.add_argument("--view", choices=("plain", "invert"), help="image view; invert for light-on-dark images")
-    c.add_argument("--config", help="typed config as JSON (see docs/config.md); flags override it")
+    c.add_argument("--config", help="typed config as JSON (`candor config` prints the defaults); flags override it")
     c.add_argument("--cache", help="feature cache file (default $CANDOR_CACHE_DIR/features.sqlite)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_clean)
@@ -138,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--candidates", help="comma-separated classes to restrict the answer to")
     pr.set_defaults(func=cmd_predict)
+
+    cf = sub.add_parser("config", help="print the default config as JSON (a starting point for --config)")
+    cf.add_argument("--schema", action="store_true", help="print the JSON Schema with every field's description")
+    cf.set_defaults(func=cmd_config)
     return p
 
 

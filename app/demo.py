@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         f"flagged ambiguous: {ambiguous}; prior top-1 inside the candidate sets: "
         f"{metrics['prior_top1_in_candidates']:.1%} (chance {metrics['chance_in_candidates']:.1%})"
     )
-    print(f"classifier: {out / 'classifier'}; try: candor predict {out / 'classifier'} {folder / 'images'}/*.png")
+    example = folder / "images" / f"{rows[0]['id']}.png"
+    print(f"classifier: {out / 'classifier'}; try: .venv/bin/candor predict {out / 'classifier'} {example}")
     return 0
 
 

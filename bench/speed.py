@@ -31,11 +31,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.ml.backbones import load_backbone  # noqa: E402
-from app.ml.config import CleanConfig  # noqa: E402
-from app.ml.features import ImageRef, MemoryFeatureStore, decode_image, featurize, sha256_bytes  # noqa: E402
-from app.ml.objectives import soft_cross_entropy  # noqa: E402
-from app.ml.trainer import Hooks, train  # noqa: E402
+from app.ml.backbones import load_backbone
+from app.ml.config import CleanConfig
+from app.ml.features import ImageRef, MemoryFeatureStore, decode_image, featurize, sha256_bytes
+from app.ml.objectives import soft_cross_entropy
+from app.ml.trainer import Hooks, train
 
 CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
@@ -137,7 +137,14 @@ def main() -> int:
         last[0] = now
 
     epoch_marks: list[float] = []
-    train(backbone, classes, feats, mask, cfg, hooks=Hooks(on_step=on_step, on_epoch_end=lambda c: epoch_marks.append(time.perf_counter())))
+    train(
+        backbone,
+        classes,
+        feats,
+        mask,
+        cfg,
+        hooks=Hooks(on_step=on_step, on_epoch_end=lambda c: epoch_marks.append(time.perf_counter())),
+    )
     steps = math.ceil(args.n / args.batch)
     engine_epoch = epoch_marks[1] - epoch_marks[0]  # the second epoch: set-up excluded
     engine_step = statistics.median(step_times[steps:])
@@ -152,8 +159,8 @@ def main() -> int:
           f"| **{plain_epoch / engine_epoch:.1f}x** faster | >= 6x |")  # fmt: skip
     print(f"| (b) step time | {engine_step * 1000:.0f} ms | text-tower floor at {seq_len} tokens "
           f"{floor_step * 1000:.0f} ms | **{engine_step / floor_step:.2f}x** the floor | <= 1.2x |")  # fmt: skip
-    print(f"| (c) featurisation, {args.n} images | {args.n / feat_s:.1f} img/s | raw encoder {args.n / raw_s:.1f} img/s "
-          f"| **{100 * raw_s / feat_s:.0f}%** of raw | >= 90% |")  # fmt: skip
+    print(f"| (c) featurisation, {args.n} images | {args.n / feat_s:.1f} img/s "
+          f"| raw encoder {args.n / raw_s:.1f} img/s | **{100 * raw_s / feat_s:.0f}%** of raw | >= 90% |")  # fmt: skip
     return 0
 
 

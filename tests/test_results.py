@@ -11,8 +11,8 @@ def test_posterior_margin_outside_mass_and_flags():
     post = torch.tensor(
         [
             [0.70, 0.20, 0.10],  # clear: restricted (0.7/0.9, 0.2/0.9)
-            [0.30, 0.28, 0.42],  # ambiguous within {0, 1}, suspect: 0.42 outside? no, 0.42 < 0.5
-            [0.10, 0.10, 0.80],  # suspect: 0.8 outside {0, 1}
+            [0.30, 0.28, 0.42],  # ambiguous within {0, 1}; 0.42 outside is below the 0.8 threshold
+            [0.05, 0.05, 0.90],  # suspect: 0.9 outside {0, 1}
             [0.20, 0.50, 0.30],  # single candidate
         ]
     )
@@ -24,7 +24,7 @@ def test_posterior_margin_outside_mass_and_flags():
     assert a.margin == pytest.approx(0.5 / 0.9, abs=1e-6) and not a.ambiguous
     assert a.outside_mass == pytest.approx(0.1, abs=1e-6) and not a.candidates_suspect
     assert b.ambiguous and not b.candidates_suspect
-    assert c.candidates_suspect and c.outside_mass == pytest.approx(0.8, abs=1e-6)
+    assert c.candidates_suspect and c.outside_mass == pytest.approx(0.9, abs=1e-6)
     assert d.label == "y" and d.confidence == 1.0 and d.margin == 1.0 and not d.ambiguous
     assert set(d.posterior) == {"y"} and d.prior_label == "y"
     strict = item_results(["a"], ["x", "y", "z"], post[:1], mask[:1], OutputConfig(ambiguous_margin=0.9))

@@ -75,12 +75,12 @@ class AlignmentConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    epochs: int = Field(10, ge=1, le=1000)
+    epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.002, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
+    weight_decay: float = Field(0.0, ge=0.0)
     warmup_epochs: int = Field(0, ge=0, description="epochs at constant lr 1e-5 before the cosine schedule")
     seed: int = 0
 
@@ -92,7 +92,7 @@ class OutputConfig(_Frozen):
         0.2, ge=0.0, le=1.0, description="ambiguous when p(top) - p(runner-up) within the candidates is below"
     )
     suspect_outside_mass: float = Field(
-        0.5,
+        0.8,
         ge=0.0,
         le=1.0,
         description="candidates_suspect when the model puts more than this mass outside the candidate set",

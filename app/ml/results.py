@@ -7,8 +7,8 @@ For item i with candidate set S_i and the adapted model's posterior p over all K
 * ``margin``: confidence minus the runner-up's restricted probability (1.0 for |S| = 1);
 * ``outside_mass``: 1 - sum_{k in S_i} p_k, the model's mass outside the candidate set;
 * ``ambiguous``: margin < ``output.ambiguous_margin`` (default 0.2);
-* ``candidates_suspect``: outside_mass > ``output.suspect_outside_mass`` (default 0.5): the model
-  believes, more than not, that the true label is not among the candidates.
+* ``candidates_suspect``: outside_mass > ``output.suspect_outside_mass`` (default 0.8): the model
+  puts most of its belief on labels outside the candidate set.
 """
 
 from __future__ import annotations
