@@ -119,6 +119,63 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.embedded:
+        os.environ["CANDOR_EMBEDDED"] = "1"
+    import uvicorn
+
+    from app.core.migrate import upgrade
+    from app.core.settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_migrate:
+        upgrade(settings.effective_database_url)
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import celery_app
+
+    argv = ["worker", "--queues", args.queues, "--loglevel", args.log_level.upper()]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    if "gpu" in args.queues.split(","):
+        argv += ["--pool", "solo"]
+    celery_app.worker_main(argv)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from app.core.db import session_scope
+    from app.core.migrate import upgrade
+    from app.core.security import create_key
+    from app.core.settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    with session_scope() as session:
+        tenant, key = create_key(session, args.tenant)
+        print(f"tenant {tenant.name} ({tenant.id}); this key is shown once:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.core.migrate import upgrade
+    from app.core.settings import get_settings
+
+    upgrade(get_settings().effective_database_url)
+    print("database is at the latest migration", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="candor", description="Clean candidate-label image annotations.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +207,31 @@ def parser() -> argparse.ArgumentParser:
     cf = sub.add_parser("config", help="print the default config as JSON (a starting point for --config)")
     cf.add_argument("--schema", action="store_true", help="print the JSON Schema with every field's description")
     cf.set_defaults(func=cmd_config)
+
+    sv = sub.add_parser("serve", help="run the HTTP API (applies database migrations first)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--embedded", action="store_true", help="SQLite + an in-process worker: no PostgreSQL, no Redis")
+    sv.add_argument("--no-migrate", action="store_true", help="do not run `alembic upgrade head` at start")
+    sv.add_argument("--log-level", default="info")
+    sv.set_defaults(func=cmd_serve)
+
+    wk = sub.add_parser("worker", help="run a Celery worker")
+    wk.add_argument("--queues", default="cpu,gpu", help="comma-separated: cpu (featurisation), gpu (training)")
+    wk.add_argument("--concurrency", type=int, help="worker processes (gpu queue: always one, solo pool)")
+    wk.add_argument("--log-level", default="info")
+    wk.set_defaults(func=cmd_worker)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = keys_sub.add_parser("create", help="create a key for a tenant (created if new); prints it once")
+    kc.add_argument("--tenant", required=True)
+    kc.set_defaults(func=cmd_keys_create)
+
+    db = sub.add_parser("db", help="database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    du = db_sub.add_parser("upgrade", help="apply all migrations")
+    du.set_defaults(func=cmd_db_upgrade)
     return p
 
 

@@ -50,11 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     truth = build_manifest(folder, args.n, args.q, args.seed)
     out = folder / "out"
     cmd = [
-        sys.executable, "-m", "app.cli", "clean", str(folder / "manifest.jsonl"),
-        "--classes", str(folder / "classes.txt"), "--out", str(out),
-        "--backbone", args.backbone, "--view", "invert", "--seed", str(args.seed),
-        "--cache", str(folder / "features.sqlite"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "app.cli",
+        "clean",
+        str(folder / "manifest.jsonl"),
+        "--classes",
+        str(folder / "classes.txt"),
+        "--out",
+        str(out),
+        "--backbone",
+        args.backbone,
+        "--view",
+        "invert",
+        "--seed",
+        str(args.seed),
+        "--cache",
+        str(folder / "features.sqlite"),
+    ]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     print("$", " ".join(cmd), flush=True)

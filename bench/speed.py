@@ -97,9 +97,11 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=16)
     args = ap.parse_args()
     classes = CLASSES[: args.k] if args.k <= len(CLASSES) else [f"class {i}" for i in range(args.k)]
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; model {args.model} (random init), N={args.n}, K={args.k}, "
-          f"batch {args.batch}, {args.n_ctx} context vectors")  # fmt: skip
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; model {args.model} (random init), N={args.n}, K={args.k}, "
+        f"batch {args.batch}, {args.n_ctx} context vectors"
+    )
 
     backbone = load_backbone(f"openclip:{args.model}")
     blobs = images(args.n)
@@ -155,12 +157,18 @@ def main() -> int:
     print()
     print("| measure | Candor engine | baseline | ratio | goal |")
     print("|---|---|---|---|---|")
-    print(f"| (a) epoch time, {steps} steps | {engine_epoch:.2f} s | plain CoOp loop {plain_epoch:.2f} s "
-          f"| **{plain_epoch / engine_epoch:.1f}x** faster | >= 6x |")  # fmt: skip
-    print(f"| (b) step time | {engine_step * 1000:.0f} ms | text-tower floor at {seq_len} tokens "
-          f"{floor_step * 1000:.0f} ms | **{engine_step / floor_step:.2f}x** the floor | <= 1.2x |")  # fmt: skip
-    print(f"| (c) featurisation, {args.n} images | {args.n / feat_s:.1f} img/s "
-          f"| raw encoder {args.n / raw_s:.1f} img/s | **{100 * raw_s / feat_s:.0f}%** of raw | >= 90% |")  # fmt: skip
+    print(
+        f"| (a) epoch time, {steps} steps | {engine_epoch:.2f} s | plain CoOp loop {plain_epoch:.2f} s "
+        f"| **{plain_epoch / engine_epoch:.1f}x** faster | >= 6x |"
+    )
+    print(
+        f"| (b) step time | {engine_step * 1000:.0f} ms | text-tower floor at {seq_len} tokens "
+        f"{floor_step * 1000:.0f} ms | **{engine_step / floor_step:.2f}x** the floor | <= 1.2x |"
+    )
+    print(
+        f"| (c) featurisation, {args.n} images | {args.n / feat_s:.1f} img/s "
+        f"| raw encoder {args.n / raw_s:.1f} img/s | **{100 * raw_s / feat_s:.0f}%** of raw | >= 90% |"
+    )
     return 0
 
 

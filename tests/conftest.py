@@ -4,14 +4,22 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The service under test talks to a database of its own and a Redis database of its own.
+_pg = os.environ.get("CANDOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+os.environ["CANDOR_DATABASE_URL"] = _pg.rsplit("/", 1)[0] + f"/candor_test_{os.getpid()}"
+os.environ["CANDOR_BROKER_URL"] = os.environ.get("CANDOR_TEST_REDIS", "redis://127.0.0.1:6379/15")
+os.environ["CANDOR_EMBEDDED"] = "0"
+os.environ["CANDOR_PROGRESS_INTERVAL"] = "0"
+os.environ["CANDOR_FEATURE_CHUNK_SIZE"] = "4"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from tests.helpers import color_image  # noqa: E402
+from tests.service_fixtures import auth, client, database, db, dispatcher, other_auth  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +34,6 @@ def offline():
     from app.ml.backbones import load_backbone
 
     return load_backbone("offline")
-
-
-def color_image(seed: int, size: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from app.cli import main
 from app.ml.artifacts import ArtifactError, Classifier
-from tests.conftest import color_image
+from tests.helpers import color_image
 
 FAST = ["--backbone", "tiny", "--epochs", "2", "--quiet"]
 
@@ -55,8 +55,24 @@ def test_config_file_and_flags(tmp_path, write_dataset, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"objective": {"name": "cc"}, "train": {"epochs": 3, "seed": 7}}))
     out = tmp_path / "out"
-    code, _, err = run(capsys, "clean", manifest, "--classes", classes, "--out", out, "--config", cfg,
-                       "--backbone", "tiny", "--epochs", "1", "--alignment", "off", "--quiet")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "clean",
+        manifest,
+        "--classes",
+        classes,
+        "--out",
+        out,
+        "--config",
+        cfg,
+        "--backbone",
+        "tiny",
+        "--epochs",
+        "1",
+        "--alignment",
+        "off",
+        "--quiet",
+    )
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())
     assert saved["objective"]["name"] == "cc" and saved["train"] == saved["train"] | {"epochs": 1, "seed": 7}
@@ -136,8 +152,10 @@ def test_bad_input_names_item_and_writes_nothing(tmp_path, write_dataset, capsys
 def test_unreadable_image_writes_nothing(tmp_path, write_dataset, capsys):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rows = [{"id": "ok", "image": _png(tmp_path, "ok.png"), "candidates": ["cat"]},
-            {"id": "bad", "image": "img/broken.png", "candidates": ["cat", "dog"]}]  # fmt: skip
+    rows = [
+        {"id": "ok", "image": _png(tmp_path, "ok.png"), "candidates": ["cat"]},
+        {"id": "bad", "image": "img/broken.png", "candidates": ["cat", "dog"]},
+    ]
     manifest, classes = write_dataset(rows=rows, classes=["cat", "dog"])
     out = tmp_path / "out"
     code, _, err = run(capsys, "clean", manifest, "--classes", classes, "--out", out, *FAST)

@@ -15,7 +15,7 @@ from app.ml.features import (
     featurize,
     sha256_bytes,
 )
-from tests.conftest import color_image
+from tests.helpers import color_image
 
 
 class CountingBackbone:

@@ -57,7 +57,7 @@ def test_checkpoint_round_trip_through_local_file(tiny, tmp_path):
     assert "file-sha256-" in loaded.id and loaded.id != tiny.id
     texts = ["a photo of a cat.", "a photo of a dog."]
     assert torch.allclose(loaded.encode_texts(texts), tiny.encode_texts(texts), atol=1e-6)
-    from tests.conftest import color_image
+    from tests.helpers import color_image
 
     ims = [color_image(1), color_image(2)]
     assert torch.allclose(loaded.encode_images(ims), tiny.encode_images(ims), atol=1e-5)

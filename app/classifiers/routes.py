@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.classifiers import service
+from app.classifiers.schemas import ClassifierOut, PredictRequest, PredictResponse
+from app.core.deps import SessionDep, TenantDep
+from app.core.problems import Problem
+
+router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
+PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+@router.get("", response_model=list[ClassifierOut])
+def list_classifiers(session: SessionDep, tenant: TenantDep):
+    return service.list_classifiers(session, tenant)
+
+
+@router.get("/{classifier_id}", response_model=ClassifierOut, responses={404: PROBLEM})
+def get_classifier(classifier_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    return service.require_classifier(session, tenant, classifier_id)
+
+
+@router.post(
+    "/{classifier_id}/predict",
+    response_model=PredictResponse,
+    responses={404: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": PredictRequest.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    }
+                },
+            }
+        }
+    },
+)
+async def predict(
+    classifier_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    top_k: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    candidates: Annotated[str | None, Query(description="comma-separated classes (multipart form)")] = None,
+):
+    """Classify images: JSON `{images: [base64], top_k, candidates}` or multipart `files` with
+    `?top_k=&candidates=a,b`. One image forward and a matmul per image on a warm backbone."""
+    row = service.require_classifier(session, tenant, classifier_id)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form()
+        files = form.getlist("files") or form.getlist("file")
+        if not files:
+            raise Problem(422, "Invalid request", "send the images as multipart fields named 'files'")
+        blobs = [await f.read() for f in files if hasattr(f, "read")]
+        cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+        return service.predict(session, row, blobs, top_k or 5, cands)
+    if ctype != "application/json":
+        raise Problem(415, "Unsupported Media Type", "send application/json or multipart/form-data")
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValueError as exc:
+        errors = getattr(exc, "errors", lambda: [])()
+        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+        raise Problem(
+            422,
+            "Validation failed",
+            f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
+            errors=[{"loc": [str(x) for x in e["loc"]], "msg": e["msg"]} for e in errors],
+        ) from exc
+    return service.predict(session, row, service.decode_b64(body.images), top_k or body.top_k, body.candidates)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.classifiers.models import ClassifierRow
+from app.classifiers.schemas import Prediction, PredictResponse, Scored
+from app.core import registry
+from app.core.problems import Problem, not_found
+from app.ml.artifacts import ArtifactError, Classifier
+from app.ml.features import ImageError, decode_image
+from app.tenants.models import Tenant
+
+
+def list_classifiers(session: Session, tenant: Tenant) -> Sequence[ClassifierRow]:
+    stmt = select(ClassifierRow).where(ClassifierRow.tenant_id == tenant.id).order_by(ClassifierRow.created_at)
+    return session.scalars(stmt).all()
+
+
+def require_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUID) -> ClassifierRow:
+    row = session.scalar(
+        select(ClassifierRow).where(ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id)
+    )
+    if row is None:
+        raise not_found("classifier", classifier_id)
+    return row
+
+
+def load_classifier(session: Session, row: ClassifierRow) -> Classifier:
+    def load() -> Classifier:
+        blob = session.scalar(select(ClassifierRow.artifact).where(ClassifierRow.id == row.id))
+        return Classifier.from_bytes(blob)
+
+    return registry.classifiers.get(row.id, load)
+
+
+def decode_b64(items: Sequence[str]) -> list[bytes]:
+    out = []
+    for i, b64 in enumerate(items):
+        try:
+            out.append(base64.b64decode(b64, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise Problem(422, "Invalid image", f"image {i}: not valid base64") from exc
+    return out
+
+
+def predict(
+    session: Session,
+    row: ClassifierRow,
+    blobs: Sequence[bytes],
+    top_k: int,
+    candidates: Sequence[str] | None,
+) -> PredictResponse:
+    try:
+        images = [decode_image(b, f"image {i}") for i, b in enumerate(blobs)]
+    except ImageError as exc:
+        raise Problem(422, "Invalid image", str(exc)) from exc
+    clf = load_classifier(session, row)
+    backbone = registry.get_backbone(clf.backbone)
+    try:
+        top = clf.predict(backbone, images, top_k=top_k, candidates=candidates or None)
+    except ArtifactError as exc:
+        raise Problem(422, "Invalid request", str(exc)) from exc
+    return PredictResponse(
+        classifier_id=row.id,
+        version=row.version,
+        predictions=[
+            Prediction(index=i, label=t[0][0], top=[Scored(label=c, p=p) for c, p in t]) for i, t in enumerate(top)
+        ],
+    )

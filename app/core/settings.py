@@ -1,0 +1,54 @@
+"""All service settings in one typed place, read from the environment with the prefix CANDOR_."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "candor"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CANDOR_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/candor",
+        description="SQLAlchemy URL of the database (PostgreSQL; SQLite only in embedded mode)",
+    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
+    embedded: bool = Field(False, description="SQLite + an in-process worker; no PostgreSQL, no Redis")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="embedded mode's database folder")
+    device: str = Field("auto", description="torch device for workers and /predict: auto, cpu, cuda, cuda:1")
+    max_batch_items: int = Field(500, ge=1, description="items in one POST /items batch")
+    max_upload_bytes: int = Field(2 << 30, ge=1, description="largest accepted import upload")
+    max_image_bytes: int = Field(20 << 20, ge=1, description="largest accepted single image")
+    feature_chunk_size: int = Field(256, ge=1, description="images per featurisation task")
+    backbone_cache_size: int = Field(2, ge=1, description="backbones kept warm per process (LRU)")
+    classifier_cache_size: int = Field(16, ge=1, description="classifier artifacts kept in memory per process")
+    idempotency_ttl_hours: int = Field(24, ge=1, description="how long Idempotency-Key responses are replayed")
+    visibility_timeout: int = Field(6 * 3600, ge=60, description="Redis redelivery timeout; above the longest task")
+    progress_interval: float = Field(1.0, ge=0.0, description="seconds between progress/cancel checks in training")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.embedded and self.database_url.startswith("postgresql"):
+            return f"sqlite:///{self.data_dir / 'candor.sqlite'}"
+        return self.database_url
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,76 @@
+"""Database access for datasets, items and images. Every read is scoped to a tenant here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.datasets.models import Dataset, ImageBlob, Item
+
+
+def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+
+
+def list_datasets(session: Session, tenant_id: uuid.UUID) -> Sequence[Dataset]:
+    return session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)).all()
+
+
+def items_by_external_id(session: Session, dataset_id: uuid.UUID, ids: Sequence[str]) -> dict[str, Item]:
+    out: dict[str, Item] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for item in session.scalars(select(Item).where(Item.dataset_id == dataset_id, Item.external_id.in_(chunk))):
+            out[item.external_id] = item
+    return out
+
+
+def existing_images(session: Session, tenant_id: uuid.UUID, hashes: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(hashes), 1000):
+        chunk = hashes[start : start + 1000]
+        found.update(
+            session.scalars(
+                select(ImageBlob.sha256).where(ImageBlob.tenant_id == tenant_id, ImageBlob.sha256.in_(chunk))
+            )
+        )
+    return found
+
+
+def insert_images(session: Session, rows: list[dict]) -> None:
+    """Insert image rows, skipping hashes another request stored meanwhile."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(ImageBlob).values(rows).on_conflict_do_nothing())
+
+
+def count_items(session: Session, dataset_id: uuid.UUID) -> int:
+    return session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)) or 0
+
+
+def iter_candidates(session: Session, dataset_id: uuid.UUID) -> Iterable[list]:
+    stmt = select(Item.candidates).where(Item.dataset_id == dataset_id).execution_options(yield_per=2000)
+    for (cands,) in session.execute(stmt):
+        yield cands
+
+
+def page_items(session: Session, dataset_id: uuid.UUID, after_seq: int, limit: int) -> Sequence[Item]:
+    stmt = select(Item).where(Item.dataset_id == dataset_id, Item.seq > after_seq).order_by(Item.seq).limit(limit + 1)
+    return session.scalars(stmt).all()
+
+
+def dataset_items(session: Session, dataset_id: uuid.UUID) -> Sequence[Item]:
+    return session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)).all()
+
+
+def image_bytes(session: Session, tenant_id: uuid.UUID, hashes: Sequence[str]) -> dict[str, bytes]:
+    rows = session.execute(
+        select(ImageBlob.sha256, ImageBlob.data).where(ImageBlob.tenant_id == tenant_id, ImageBlob.sha256.in_(hashes))
+    )
+    return {h: d for h, d in rows}

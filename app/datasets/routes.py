@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import uuid
+import zipfile
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from app.core import idempotency
+from app.core.deps import SessionDep, TenantDep
+from app.core.problems import Problem
+from app.core.settings import get_settings
+from app.datasets import repository as repo
+from app.datasets import service
+from app.datasets.schemas import (
+    DatasetCreate,
+    DatasetDetail,
+    DatasetOut,
+    IngestResult,
+    ItemOut,
+    ItemPage,
+    ItemsBatch,
+)
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+@router.post("", status_code=201, response_model=DatasetOut, responses={422: PROBLEM})
+def create_dataset(body: DatasetCreate, session: SessionDep, tenant: TenantDep, key: IdemKey = None):
+    """Create a dataset with its class list (at least two distinct names)."""
+    fp = idempotency.fingerprint("create_dataset", body.model_dump_json())
+    replayed = idempotency.replay(session, tenant, key, "POST /v1/datasets", fp)
+    if replayed is not None:
+        return replayed
+    ds = service.create_dataset(session, tenant, body)
+    out = DatasetOut.model_validate(ds).model_dump(mode="json")
+    headers = {"Location": f"/v1/datasets/{ds.id}"}
+    idempotency.remember(session, tenant, key, "POST /v1/datasets", fp, 201, out, headers)
+    idempotency.commit_or_conflict(session, key)
+    return JSONResponse(out, status_code=201, headers=headers)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep, tenant: TenantDep):
+    return repo.list_datasets(session, tenant.id)
+
+
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses={404: PROBLEM})
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """The dataset with item count, mean candidate-set size and a class histogram of the sets."""
+    return service.dataset_detail(session, service.require_dataset(session, tenant, dataset_id))
+
+
+def _ingest_response(session, tenant, ds, incoming, key, route, fp) -> JSONResponse:
+    result = service.ingest(session, tenant, ds, incoming)
+    status = 201 if result.created else 200
+    body = result.model_dump(mode="json")
+    idempotency.remember(session, tenant, key, route, fp, status, body)
+    idempotency.commit_or_conflict(session, key)
+    return JSONResponse(body, status_code=status)
+
+
+@router.post(
+    "/{dataset_id}/items",
+    response_model=IngestResult,
+    responses={201: {"model": IngestResult}, 404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
+)
+def add_items(dataset_id: uuid.UUID, batch: ItemsBatch, session: SessionDep, tenant: TenantDep, key: IdemKey = None):
+    """Add a batch of items (base64 images). All-or-nothing: one bad item rejects the batch (422,
+    per-item reasons); items already stored with the same image and candidates are 'unchanged'."""
+    limit = get_settings().max_batch_items
+    if len(batch.items) > limit:
+        raise Problem(413, "Batch too large", f"the batch holds {len(batch.items)} items; the limit is {limit}")
+    ds = service.require_dataset(session, tenant, dataset_id)
+    route = f"POST /v1/datasets/{dataset_id}/items"
+    fp = idempotency.fingerprint(route, batch.model_dump_json())
+    replayed = idempotency.replay(session, tenant, key, route, fp)
+    if replayed is not None:
+        return replayed
+    return _ingest_response(session, tenant, ds, service.incoming_from_json(batch.items), key, route, fp)
+
+
+@router.post(
+    "/{dataset_id}/imports",
+    response_model=IngestResult,
+    responses={201: {"model": IngestResult}, 404: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+    openapi_extra={"requestBody": {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def import_zip(
+    dataset_id: uuid.UUID, request: Request, session: SessionDep, tenant: TenantDep, key: IdemKey = None
+):
+    """Import a ZIP sent as the request body (`Content-Type: application/zip`): `manifest.jsonl`
+    (one `{id, image, candidates}` a line, image paths relative to it) and the images; or an
+    ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk."""
+    ds = service.require_dataset(session, tenant, dataset_id)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
+        raise Problem(415, "Unsupported Media Type", "send the ZIP as the body with Content-Type: application/zip")
+    limit = get_settings().max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "Upload too large", f"the upload is {declared} bytes; the limit is {limit}")
+    route = f"POST /v1/datasets/{dataset_id}/imports"
+    with tempfile.TemporaryFile() as tmp:
+        size = 0
+        digest = hashlib.sha256()
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem(413, "Upload too large", f"the upload exceeds the limit of {limit} bytes")
+            digest.update(chunk)
+            tmp.write(chunk)
+        fp = idempotency.fingerprint(route, digest.hexdigest())
+        replayed = idempotency.replay(session, tenant, key, route, fp)
+        if replayed is not None:
+            return replayed
+        tmp.seek(0)
+        try:
+            zf = zipfile.ZipFile(tmp)
+        except zipfile.BadZipFile as exc:
+            raise Problem(422, "Upload rejected", "the upload is not a ZIP file") from exc
+        with zf:
+            return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
+
+
+@router.get("/{dataset_id}/items", response_model=ItemPage, responses={404: PROBLEM})
+def list_items(
+    dataset_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+):
+    """Items in upload order, keyset-paginated: follow `next_cursor` until it is null."""
+    ds = service.require_dataset(session, tenant, dataset_id)
+    rows = repo.page_items(session, ds.id, service.decode_cursor(cursor), limit)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ItemPage(
+        items=[
+            ItemOut(id=r.external_id, image_sha256=r.image_sha256, candidates=r.candidates, created_at=r.created_at)
+            for r in rows
+        ],
+        next_cursor=service.encode_cursor(rows[-1].seq) if more else None,
+    )

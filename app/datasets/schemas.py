@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "shoes-2026-11", "classes": ["sneaker", "sandal", "ankle boot"]}]},
+    )
+    name: str = Field(min_length=1, max_length=200)
+    classes: list[str] = Field(min_length=2, max_length=100_000)
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    classes: list[str]
+    created_at: datetime
+
+
+class DatasetDetail(DatasetOut):
+    item_count: int
+    mean_candidates: float | None = Field(description="mean candidate-set size")
+    class_histogram: dict[str, int] = Field(description="how many candidate sets hold each class")
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=255, description="your id for the item (stable across uploads)")
+    image_base64: str = Field(description="the image file's bytes, base64")
+    candidates: list[str] = Field(description="candidate labels; the true one is among them")
+
+
+class ItemsBatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"items": [{"id": "img-1", "image_base64": "iVBORw0KGgo...", "candidates": ["sneaker", "sandal"]}]}
+            ]
+        },
+    )
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemOutcome(BaseModel):
+    index: int
+    id: str | None
+    status: Literal["created", "unchanged", "rejected"]
+    reason: str | None = None
+
+
+class IngestResult(BaseModel):
+    created: int
+    unchanged: int
+    items: list[ItemOutcome]
+
+
+class ItemOut(BaseModel):
+    id: str
+    image_sha256: str
+    candidates: list[str]
+    created_at: datetime
+
+
+class ItemPage(BaseModel):
+    items: list[ItemOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")

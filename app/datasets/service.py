@@ -1,0 +1,237 @@
+"""Datasets and ingest: validation, de-duplication, all-or-nothing storage.
+
+Ingest reads each image twice at most and never holds a whole upload in memory: a first pass
+decodes and hashes every image (so a corrupt file rejects the batch before anything is stored),
+a second pass stores only the images the tenant does not have yet, in small chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from sqlalchemy.orm import Session
+
+from app.core.problems import Problem, not_found
+from app.core.settings import get_settings
+from app.datasets import repository as repo
+from app.datasets.models import Dataset, Item
+from app.datasets.schemas import DatasetCreate, DatasetDetail, IngestResult, ItemOutcome
+from app.ml.data import InputError, validate_candidates, validate_classes
+from app.ml.features import ImageError, decode_image, sha256_bytes
+from app.tenants.models import Tenant
+
+INSERT_CHUNK = 100
+
+
+def create_dataset(session: Session, tenant: Tenant, body: DatasetCreate) -> Dataset:
+    try:
+        classes = validate_classes(body.classes)
+    except InputError as exc:
+        raise Problem(422, "Invalid classes", str(exc)) from exc
+    ds = Dataset(tenant_id=tenant.id, name=body.name, classes=classes)
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def require_dataset(session: Session, tenant: Tenant, dataset_id: uuid.UUID) -> Dataset:
+    ds = repo.get_dataset(session, tenant.id, dataset_id)
+    if ds is None:
+        raise not_found("dataset", dataset_id)
+    return ds
+
+
+def dataset_detail(session: Session, ds: Dataset) -> DatasetDetail:
+    hist: Counter[str] = Counter()
+    total = 0
+    n = 0
+    for cands in repo.iter_candidates(session, ds.id):
+        hist.update(cands)
+        total += len(cands)
+        n += 1
+    return DatasetDetail(
+        id=ds.id,
+        name=ds.name,
+        classes=ds.classes,
+        created_at=ds.created_at,
+        item_count=n,
+        mean_candidates=round(total / n, 4) if n else None,
+        class_histogram={c: hist.get(c, 0) for c in ds.classes},
+    )
+
+
+@dataclass
+class Incoming:
+    """One item of an upload; ``read`` returns the image bytes (may be called twice)."""
+
+    index: int
+    id: object
+    candidates: object
+    read: Callable[[], bytes]
+
+
+def _reject(index: int, item_id: object, reason: str) -> ItemOutcome:
+    return ItemOutcome(index=index, id=item_id if isinstance(item_id, str) else None, status="rejected", reason=reason)
+
+
+def ingest(session: Session, tenant: Tenant, ds: Dataset, incoming: Sequence[Incoming]) -> IngestResult:
+    """Store new items; identical re-sends are 'unchanged'; any bad item rejects the whole upload (422)."""
+    settings = get_settings()
+    class_index = {c: k for k, c in enumerate(ds.classes)}
+    outcomes: list[ItemOutcome | None] = [None] * len(incoming)
+    checked: list[tuple[Incoming, str, list[str]]] = []
+    first_seen: dict[str, int] = {}
+    rejected = False
+    for inc in incoming:
+        label = f"item {inc.index}" + (f" (id {inc.id!r})" if isinstance(inc.id, str) else "")
+        try:
+            if not isinstance(inc.id, str) or not inc.id or len(inc.id) > 255:
+                raise InputError("'id' must be a non-empty string of at most 255 characters")
+            if inc.id in first_seen:
+                raise InputError(f"duplicate id in this upload, first at item {first_seen[inc.id]}")
+            first_seen[inc.id] = inc.index
+            cands = validate_candidates(label, inc.candidates, class_index)
+            data = inc.read()
+            if len(data) > settings.max_image_bytes:
+                raise InputError(f"image is {len(data)} bytes, over the limit of {settings.max_image_bytes}")
+            decode_image(data, label).close()
+            checked.append((inc, sha256_bytes(data), cands))
+        except (InputError, ImageError, ValueError) as exc:
+            reason = str(exc).removeprefix(f"{label}: ")
+            outcomes[inc.index] = _reject(inc.index, inc.id, reason)
+            rejected = True
+
+    existing = repo.items_by_external_id(session, ds.id, [inc.id for inc, _, _ in checked])
+    new: list[tuple[Incoming, str, list[str]]] = []
+    for inc, sha, cands in checked:
+        old = existing.get(inc.id)
+        if old is None:
+            new.append((inc, sha, cands))
+            outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="created")
+        elif old.image_sha256 == sha and list(old.candidates) == cands:
+            outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="unchanged")
+        else:
+            what = "image" if old.image_sha256 != sha else "candidates"
+            outcomes[inc.index] = _reject(inc.index, inc.id, f"id already exists in this dataset with another {what}")
+            rejected = True
+    if rejected:
+        bad = [o for o in outcomes if o is not None and o.status == "rejected"]
+        first = bad[0]
+        raise Problem(
+            422,
+            "Upload rejected",
+            f"{len(bad)} of {len(incoming)} items rejected, nothing stored; first: item {first.index}"
+            + (f" (id {first.id!r})" if first.id else "")
+            + f": {first.reason}",
+            items=[o.model_dump() for o in outcomes if o is not None],
+        )
+
+    have = repo.existing_images(session, tenant.id, list({sha for _, sha, _ in new}))
+    pending: list[dict] = []
+    for inc, sha, _ in new:
+        if sha in have:
+            continue
+        have.add(sha)
+        data = inc.read()
+        pending.append({"tenant_id": tenant.id, "sha256": sha, "size": len(data), "data": data})
+        if len(pending) >= INSERT_CHUNK:
+            repo.insert_images(session, pending)
+            pending = []
+    repo.insert_images(session, pending)
+    session.add_all(Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c) for inc, sha, c in new)
+    session.flush()
+    done = [o for o in outcomes if o is not None]
+    return IngestResult(
+        created=sum(o.status == "created" for o in done),
+        unchanged=sum(o.status == "unchanged" for o in done),
+        items=done,
+    )
+
+
+def incoming_from_json(items: Sequence) -> list[Incoming]:
+    out = []
+    for i, item in enumerate(items):
+
+        def read(b64: str = item.image_base64, index: int = i) -> bytes:
+            try:
+                return base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InputError("image_base64 is not valid base64") from exc
+
+        out.append(Incoming(index=i, id=item.id, candidates=item.candidates, read=read))
+    return out
+
+
+def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
+    """Items of a ZIP holding ``manifest.jsonl`` (at the root or in one top folder) and the images.
+
+    A manifest line's ``image`` is a path relative to the manifest. A line without ``image``
+    (ImageFolder layout: ``CLASS/ID.png``) takes the one file whose name without extension is the
+    item's id.
+    """
+    names = [n for n in zf.namelist() if not n.endswith("/")]
+    manifests = sorted((n for n in names if PurePosixPath(n).name == "manifest.jsonl"), key=len)
+    if not manifests:
+        raise Problem(422, "Upload rejected", "the ZIP holds no manifest.jsonl")
+    manifest = manifests[0]
+    root = PurePosixPath(manifest).parent
+    by_stem: dict[str, list[str]] = {}
+    for n in names:
+        if n != manifest:
+            by_stem.setdefault(PurePosixPath(n).stem, []).append(n)
+    available = set(names)
+    out: list[Incoming] = []
+    with zf.open(manifest) as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            index = len(out)
+            try:
+                row = json.loads(raw)
+                if not isinstance(row, dict):
+                    raise ValueError("expected a JSON object")
+            except ValueError as exc:
+                raise Problem(422, "Upload rejected", f"manifest.jsonl line {lineno}: not valid JSON ({exc})") from exc
+            item_id = row.get("id")
+            image = row.get("image")
+            if isinstance(image, str) and image:
+                path = str(root / image) if str(root) != "." else image
+            else:
+                matches = by_stem.get(str(item_id), [])
+                path = matches[0] if len(matches) == 1 else None
+
+            def read(p: str | None = path, iid: object = item_id, img: object = image) -> bytes:
+                if p is None:
+                    raise InputError(f"no image for id {iid!r}: give 'image' or one file named after the id")
+                if p not in available:
+                    raise InputError(f"image {img!r} is not in the ZIP")
+                with zf.open(p) as fh:
+                    return fh.read(get_settings().max_image_bytes + 1)
+
+            out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
+    return out
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = raw.split(":", 1)
+        if kind != "s":
+            raise ValueError
+        return int(value)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise Problem(400, "Bad Request", f"invalid cursor {cursor!r}") from exc

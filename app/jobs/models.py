@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, JSONType, new_id, utcnow
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict] = mapped_column(JSONType)
+    config_hash: Mapped[str] = mapped_column(String(32))
+    progress: Mapped[dict] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    backbone_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    chunks_total: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, deferred=True)
+    checkpoint_meta: Mapped[dict | None] = mapped_column(JSONType, default=None)
+    metrics: Mapped[dict | None] = mapped_column(JSONType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobChunk(Base):
+    """One featurisation chunk of a job; counted once however often its task is delivered."""
+
+    __tablename__ = "job_chunks"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hashes: Mapped[list] = mapped_column(JSONType)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobResult(Base):
+    __tablename__ = "job_results"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    posterior: Mapped[dict] = mapped_column(JSONType)
+    margin: Mapped[float] = mapped_column(Float)
+    outside_mass: Mapped[float] = mapped_column(Float)
+    ambiguous: Mapped[bool] = mapped_column(Boolean)
+    candidates_suspect: Mapped[bool] = mapped_column(Boolean)
+    prior_label: Mapped[str | None] = mapped_column(String(255))
+
+
+class FeatureRow(Base):
+    """Image features cached per (backbone id, view, image sha256)."""
+
+    __tablename__ = "features"
+    backbone_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    view: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,319 @@
+"""The worker side of a job: start -> featurise chunks (in parallel) -> train -> store outputs.
+
+Each step is idempotent: it re-reads the job's state from the database, acts only when the state
+says the step is due, and enqueues the next step after its own commit. A redelivered message
+finds the work done (or the job terminal) and returns; a killed training task resumes from the
+last epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import numpy as np
+import safetensors.torch
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.classifiers.models import ClassifierRow
+from app.core.db import get_sessionmaker, session_scope, utcnow
+from app.core.registry import get_backbone
+from app.core.settings import get_settings
+from app.core.uow import after_commit
+from app.datasets import repository as datasets_repo
+from app.datasets.models import Dataset
+from app.jobs import dispatch, states
+from app.jobs import repository as repo
+from app.jobs.models import Job, JobChunk, JobResult
+from app.ml.artifacts import Classifier
+from app.ml.config import CleanConfig
+from app.ml.engine import job_metrics
+from app.ml.features import ImageRef, decode_image, featurize
+from app.ml.results import item_results
+from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
+
+log = logging.getLogger("candor.pipeline")
+
+
+def _job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _finish_cancel(session: Session, job_id: uuid.UUID) -> None:
+    states.transition(session, job_id, states.CANCELLED, progress={"stage": "cancelled"})
+
+
+def _fail(job_id: uuid.UUID, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}"[:4000]
+    log.error("job %s failed: %s", job_id, message)
+    with session_scope() as session:
+        if not states.transition(session, job_id, states.FAILED, error=message, progress={"stage": "failed"}):
+            job = _job(session, job_id)
+            if job is not None and job.state == states.CANCELLING:
+                _finish_cancel(session, job_id)
+
+
+def start_job(job_id: str) -> None:
+    jid = uuid.UUID(job_id)
+    try:
+        _start(jid)
+    except Exception as exc:
+        _fail(jid, exc)
+        raise
+
+
+def _start(jid: uuid.UUID) -> None:
+    with session_scope() as session:
+        job = _job(session, jid)
+        if job is None:
+            return
+        if job.state == states.CANCELLING:
+            _finish_cancel(session, jid)
+            return
+        claimed = states.transition(
+            session,
+            jid,
+            states.FEATURIZING,
+            attempt=Job.attempt + 1,
+            started_at=utcnow(),
+            progress={"stage": "featurizing", "done": 0, "total": 0},
+        )
+        if not claimed:
+            return  # a redelivery: another delivery already started this job
+        cfg = CleanConfig.model_validate(job.config)
+        backbone = get_backbone(cfg.backbone)
+        items = datasets_repo.dataset_items(session, job.dataset_id)
+        hashes = list(dict.fromkeys(i.image_sha256 for i in items))
+        missing = repo.missing_features(session, backbone.id, cfg.features.view, hashes)
+        size = get_settings().feature_chunk_size
+        chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
+        session.add_all(JobChunk(job_id=jid, index=i, hashes=c) for i, c in enumerate(chunks))
+        session.execute(
+            update(Job)
+            .where(Job.id == jid)
+            .values(
+                backbone_id=backbone.id,
+                chunks_total=len(chunks),
+                chunks_done=0,
+                progress={"stage": "featurizing", "done": len(hashes) - len(missing), "total": len(hashes)},
+            )
+        )
+        if chunks:
+            for i in range(len(chunks)):
+                after_commit(session, lambda i=i: dispatch.send(dispatch.FEATURIZE, jid, i))
+        else:
+            _to_training(session, jid)
+
+
+def _to_training(session: Session, jid: uuid.UUID) -> None:
+    if states.transition(session, jid, states.TRAINING, progress={"stage": "training"}):
+        after_commit(session, lambda: dispatch.send(dispatch.TRAIN, jid))
+
+
+def featurize_chunk(job_id: str, index: int) -> None:
+    jid = uuid.UUID(job_id)
+    try:
+        _featurize_chunk(jid, int(index))
+    except Exception as exc:
+        _fail(jid, exc)
+        raise
+
+
+def _featurize_chunk(jid: uuid.UUID, index: int) -> None:
+    with session_scope() as session:
+        job = _job(session, jid)
+        if job is None or job.state != states.FEATURIZING:
+            if job is not None and job.state == states.CANCELLING:
+                _finish_cancel(session, jid)
+            return
+        chunk = session.get(JobChunk, (jid, index))
+        if chunk is None or chunk.done:
+            return
+        cfg = CleanConfig.model_validate(job.config)
+        tenant_id, hashes = job.tenant_id, list(chunk.hashes)
+    backbone = get_backbone(cfg.backbone)
+    with session_scope() as session:
+        blobs = datasets_repo.image_bytes(session, tenant_id, hashes)
+    refs = [ImageRef(f"image {h[:12]}", h, lambda d=blobs[h], h=h: decode_image(d, f"image {h[:12]}")) for h in hashes]
+    featurize(
+        backbone,
+        refs,
+        repo.DbFeatureStore(get_sessionmaker()),
+        view=cfg.features.view,
+        batch_size=cfg.features.batch_size,
+    )
+    with session_scope() as session:
+        counted = repo.mark_chunk_done(session, jid, index)
+        if counted is None:
+            return
+        done, total = counted
+        job = _job(session, jid)
+        progress = dict(job.progress or {})
+        progress["done"] = min(int(progress.get("done", 0)) + len(hashes), int(progress.get("total", 0)))
+        session.execute(update(Job).where(Job.id == jid, Job.state == states.FEATURIZING).values(progress=progress))
+        if done == total:
+            _to_training(session, jid)
+
+
+class _JobHooks:
+    """Progress writes, cancel checks (both throttled) and per-epoch checkpoints in the database."""
+
+    def __init__(self, jid: uuid.UUID, interval: float):
+        self.jid = jid
+        self.interval = interval
+        self._last_write = 0.0
+        self._last_check = 0.0
+        self._cancel = False
+
+    def on_step(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_write < self.interval and p.step != p.steps:
+            return
+        self._last_write = now
+        progress = {
+            "stage": "training",
+            "done": p.epoch * p.steps + p.step,
+            "total": p.epochs * p.steps,
+            "epoch": p.epoch + 1,
+            "epochs": p.epochs,
+            "last_loss": round(p.loss, 6),
+            "eta_seconds": round(p.eta_seconds, 1),
+        }
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.jid, Job.state == states.TRAINING)
+                .values(progress=progress, updated_at=utcnow())
+            )
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._last_check >= self.interval:
+            self._last_check = now
+            with session_scope() as session:
+                state = session.scalar(select(Job.state).where(Job.id == self.jid))
+            self._cancel = state != states.TRAINING
+        return self._cancel
+
+    def on_epoch_end(self, ckpt: Checkpoint) -> None:
+        tensors, meta = ckpt.tensors()
+        blob = safetensors.torch.save(tensors)
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.jid, Job.state == states.TRAINING)
+                .values(checkpoint=blob, checkpoint_meta=meta)
+            )
+
+
+def train_job(job_id: str) -> None:
+    jid = uuid.UUID(job_id)
+    try:
+        _train(jid)
+    except Cancelled:
+        with session_scope() as session:
+            _finish_cancel(session, jid)
+    except Exception as exc:
+        _fail(jid, exc)
+        raise
+
+
+def _train(jid: uuid.UUID) -> None:
+    with session_scope() as session:
+        job = _job(session, jid)
+        if job is None or job.state != states.TRAINING:
+            if job is not None and job.state == states.CANCELLING:
+                _finish_cancel(session, jid)
+            return
+        cfg = CleanConfig.model_validate(job.config)
+        dataset = session.get(Dataset, job.dataset_id)
+        classes = list(dataset.classes)
+        items = [
+            (i.seq, i.external_id, i.image_sha256, list(i.candidates))
+            for i in datasets_repo.dataset_items(session, job.dataset_id)
+        ]
+        blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
+        resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
+        tenant_id, dataset_id = job.tenant_id, job.dataset_id
+    backbone = get_backbone(cfg.backbone)
+    store = repo.DbFeatureStore(get_sessionmaker())
+    hashes = [sha for _, _, sha, _ in items]
+    cached = store.get_many(backbone.id, cfg.features.view, hashes)
+    missing = [h for h in hashes if h not in cached]
+    if missing:
+        raise RuntimeError(f"{len(missing)} images have no features for {backbone.id}; re-run the job")
+    features = torch.from_numpy(np.stack([cached[h] for h in hashes]))
+    index = {c: k for k, c in enumerate(classes)}
+    mask = torch.zeros(len(items), len(classes))
+    for row, (_, _, _, cands) in enumerate(items):
+        mask[row, [index[c] for c in cands]] = 1.0
+    hooks = _JobHooks(jid, get_settings().progress_interval)
+    result = train(
+        backbone,
+        classes,
+        features,
+        mask,
+        cfg,
+        hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
+        resume=resume,
+    )
+    outputs = item_results(
+        [x for _, x, _, _ in items], classes, result.posterior, mask, cfg.output, result.prior_posterior
+    )
+    metrics = job_metrics(result, mask)
+    summary = {k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]}
+    classifier = Classifier(
+        backbone=backbone.spec,
+        backbone_id=backbone.id,
+        classes=classes,
+        ctx=result.ctx,
+        class_features=result.class_features,
+        prior_features=result.prior_features,
+        logit_scale=result.logit_scale,
+        view=cfg.features.view,
+        config=cfg.model_dump(mode="json"),
+        metrics=summary,
+    )
+    with session_scope() as session:
+        if not states.transition(
+            session, jid, states.SUCCEEDED, metrics=metrics, progress={"stage": "succeeded"}, checkpoint=None
+        ):
+            state = session.scalar(select(Job.state).where(Job.id == jid))
+            if state == states.CANCELLING:
+                _finish_cancel(session, jid)
+            return
+        session.execute(
+            JobResult.__table__.insert(),
+            [
+                {
+                    "job_id": jid,
+                    "item_seq": seq,
+                    "external_id": r.id,
+                    "label": r.label,
+                    "confidence": r.confidence,
+                    "posterior": r.posterior,
+                    "margin": r.margin,
+                    "outside_mass": r.outside_mass,
+                    "ambiguous": r.ambiguous,
+                    "candidates_suspect": r.candidates_suspect,
+                    "prior_label": r.prior_label,
+                }
+                for (seq, _, _, _), r in zip(items, outputs, strict=True)
+            ],
+        )
+        session.add(
+            ClassifierRow(
+                tenant_id=tenant_id,
+                job_id=jid,
+                dataset_id=dataset_id,
+                version=classifier.version,
+                backbone=classifier.backbone,
+                backbone_id=classifier.backbone_id,
+                classes=classes,
+                metrics=summary,
+                artifact=classifier.to_bytes(),
+            )
+        )

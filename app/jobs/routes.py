@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+
+from app.core import idempotency
+from app.core.db import get_sessionmaker
+from app.core.deps import SessionDep, TenantDep
+from app.core.problems import Problem
+from app.jobs import repository as repo
+from app.jobs import service, states
+from app.jobs.models import JobResult
+from app.jobs.schemas import JobCreate, JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+PROBLEM = {"content": {"application/problem+json": {}}}
+ROUTE = "POST /v1/jobs"
+
+
+@router.post("", status_code=202, response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    tenant: TenantDep,
+    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+):
+    """Start a cleaning job on a dataset; poll the `Location` until the state is terminal."""
+    fp = idempotency.fingerprint(ROUTE, body.model_dump_json())
+    replayed = idempotency.replay(session, tenant, key, ROUTE, fp)
+    if replayed is not None:
+        return replayed
+    job = service.create_job(session, tenant, body)
+    out = service.job_out(session, job).model_dump(mode="json")
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    idempotency.remember(session, tenant, key, ROUTE, fp, 202, out, headers)
+    idempotency.commit_or_conflict(session, key)  # the start message is sent after this commit
+    return JSONResponse(out, status_code=202, headers=headers)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(session: SessionDep, tenant: TenantDep, limit: Annotated[int, Query(ge=1, le=500)] = 100):
+    return [service.job_out(session, j) for j in repo.list_jobs(session, tenant.id, limit)]
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={404: PROBLEM})
+def get_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """State, progress (stage, done/total, epoch, last loss, ETA), timestamps and error."""
+    return service.job_out(session, service.require_job(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})
+def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """Cancel: a queued job at once, a running one between training batches ('cancelling')."""
+    job = service.cancel_job(session, tenant, job_id)
+    session.commit()
+    return service.job_out(session, job)
+
+
+FIELDS = ["id", "label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label"]
+
+
+def _rows(job_id: uuid.UUID) -> Iterator[JobResult]:
+    with get_sessionmaker()() as session:
+        stmt = (
+            select(JobResult)
+            .where(JobResult.job_id == job_id)
+            .order_by(JobResult.item_seq)
+            .execution_options(yield_per=1000)
+        )
+        yield from session.scalars(stmt)
+
+
+def _as_dict(r: JobResult) -> dict:
+    return {
+        "id": r.external_id,
+        "label": r.label,
+        "confidence": r.confidence,
+        "posterior": r.posterior,
+        "margin": r.margin,
+        "outside_mass": r.outside_mass,
+        "ambiguous": r.ambiguous,
+        "candidates_suspect": r.candidates_suspect,
+        "prior_label": r.prior_label,
+    }
+
+
+@router.get(
+    "/{job_id}/labels",
+    responses={
+        200: {"content": {"application/x-ndjson": {}, "text/csv": {}}, "description": "one row per item"},
+        404: PROBLEM,
+        409: PROBLEM,
+    },
+)
+def get_labels(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    format: Literal["jsonl", "csv"] = "jsonl",
+):
+    """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
+    mass outside the candidates, flags, and the zero-shot prior's choice."""
+    job = service.require_job(session, tenant, job_id)
+    if job.state != states.SUCCEEDED:
+        raise Problem(409, "Job not finished", f"job {job.id} is {job.state}; labels exist once it has succeeded")
+
+    if format == "jsonl":
+
+        def body() -> Iterator[bytes]:
+            for r in _rows(job.id):
+                yield (json.dumps(_as_dict(r)) + "\n").encode()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    def csv_body() -> Iterator[bytes]:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([*FIELDS, "posterior"])
+        for r in _rows(job.id):
+            d = _as_dict(r)
+            writer.writerow([*(d[f] for f in FIELDS), json.dumps(d["posterior"])])
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue().encode()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue().encode()
+
+    return StreamingResponse(
+        csv_body(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="labels-{job.id}.csv"'},
+    )

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.ml.config import CleanConfig
+
+JobState = Literal["queued", "featurizing", "training", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "6f1c2a8e-0000-4000-8000-000000000000",
+                    "config": {"objective": {"name": "proden"}, "train": {"epochs": 20, "seed": 1}},
+                }
+            ]
+        },
+    )
+    dataset_id: uuid.UUID
+    config: CleanConfig = Field(default_factory=CleanConfig, description="the engine's typed config; defaults apply")
+
+
+class JobProgress(BaseModel):
+    stage: str | None = None
+    done: int | None = None
+    total: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    last_loss: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    state: JobState
+    config: dict
+    config_hash: str
+    progress: JobProgress
+    error: str | None
+    attempt: int
+    classifier_id: uuid.UUID | None = None
+    metrics: dict | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None

@@ -1,0 +1,87 @@
+"""Job submission, reading and cancellation (the API side)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.classifiers.models import ClassifierRow
+from app.core.problems import Problem, not_found
+from app.core.uow import after_commit
+from app.datasets import repository as datasets_repo
+from app.datasets.service import require_dataset
+from app.jobs import dispatch, states
+from app.jobs import repository as repo
+from app.jobs.models import Job
+from app.jobs.schemas import JobCreate, JobOut, JobProgress
+from app.ml.backbones import parse_spec
+from app.tenants.models import Tenant
+
+
+def create_job(session: Session, tenant: Tenant, body: JobCreate) -> Job:
+    ds = require_dataset(session, tenant, body.dataset_id)
+    if datasets_repo.count_items(session, ds.id) == 0:
+        raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")
+    try:
+        parse_spec(body.config.backbone)
+    except ValueError as exc:
+        raise Problem(422, "Invalid config", str(exc)) from exc
+    job = Job(
+        tenant_id=tenant.id,
+        dataset_id=ds.id,
+        state=states.QUEUED,
+        config=body.config.model_dump(mode="json"),
+        config_hash=body.config.digest(),
+        progress={"stage": "queued"},
+    )
+    session.add(job)
+    session.flush()
+    after_commit(session, lambda job_id=job.id: dispatch.send(dispatch.START, job_id))
+    return job
+
+
+def require_job(session: Session, tenant: Tenant, job_id: uuid.UUID) -> Job:
+    job = repo.get_job(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def cancel_job(session: Session, tenant: Tenant, job_id: uuid.UUID) -> Job:
+    """Queued jobs are cancelled at once; running ones move to 'cancelling' and the worker stops
+    between batches. Terminal jobs answer 409."""
+    job = require_job(session, tenant, job_id)
+    from app.core.db import utcnow
+
+    if states.transition(session, job.id, states.CANCELLED, only_from={states.QUEUED}, cancel_requested_at=utcnow()):
+        pass
+    elif not states.transition(session, job.id, states.CANCELLING, cancel_requested_at=utcnow()):
+        session.refresh(job)
+        if job.state != states.CANCELLING:
+            raise Problem(409, "Conflict", f"job {job.id} is already {job.state}")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    classifier_id = session.scalar(select(ClassifierRow.id).where(ClassifierRow.job_id == job.id))
+    return JobOut(
+        id=job.id,
+        dataset_id=job.dataset_id,
+        state=job.state,
+        config=job.config,
+        config_hash=job.config_hash,
+        progress=JobProgress(**{k: v for k, v in (job.progress or {}).items() if k in JobProgress.model_fields}),
+        error=job.error,
+        attempt=job.attempt,
+        classifier_id=classifier_id,
+        metrics=job.metrics,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        cancel_requested_at=job.cancel_requested_at,
+    )

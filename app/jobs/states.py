@@ -1,0 +1,49 @@
+"""The job state machine. Every transition is one conditional UPDATE; terminal states are final."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.core.db import utcnow
+from app.jobs.models import Job
+
+QUEUED, FEATURIZING, TRAINING = "queued", "featurizing", "training"
+SUCCEEDED, FAILED, CANCELLING, CANCELLED = "succeeded", "failed", "cancelling", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+# from-state -> the states it may move to
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({FEATURIZING, CANCELLED, FAILED}),
+    FEATURIZING: frozenset({TRAINING, CANCELLING, FAILED}),
+    TRAINING: frozenset({SUCCEEDED, CANCELLING, FAILED}),
+    CANCELLING: frozenset({CANCELLED, FAILED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+
+def sources(to: str) -> list[str]:
+    return [s for s, targets in TRANSITIONS.items() if to in targets]
+
+
+def transition(session: Session, job_id: uuid.UUID, to: str, only_from: set[str] | None = None, **values) -> bool:
+    """Move a job to ``to`` if its current state allows it (and is in ``only_from`` when given).
+
+    Returns False when another writer got there first: zero rows matched.
+    """
+    allowed = sources(to)
+    if only_from is not None:
+        allowed = [s for s in allowed if s in only_from]
+    now = utcnow()
+    extra = {"finished_at": now} if to in TERMINAL else {}
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(allowed))
+        .values(state=to, updated_at=now, **extra, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).rowcount == 1

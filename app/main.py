@@ -1,0 +1,38 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app import health
+from app.classifiers.routes import router as classifiers_router
+from app.core import problems
+from app.datasets.routes import router as datasets_router
+from app.jobs.routes import router as jobs_router
+
+DESCRIPTION = """Clean image annotations given as candidate label sets.
+
+POST a dataset and its items (each image with the labels it might be), start a job, poll it,
+download the cleaned labels, and call `/predict` on the adapted classifier. Authenticate with
+`Authorization: Bearer <key>` (create keys with `candor keys create --tenant NAME`). Every error is
+`application/problem+json` (RFC 9457)."""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Candor",
+        version="1",
+        description=DESCRIPTION,
+        generate_unique_id_function=_operation_id,
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(datasets_router)
+    app.include_router(jobs_router)
+    app.include_router(classifiers_router)
+    return app

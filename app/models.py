@@ -1,0 +1,22 @@
+"""Every table, imported in one place for Alembic's metadata."""
+
+from app.classifiers.models import ClassifierRow
+from app.core.db import Base
+from app.datasets.models import Dataset, ImageBlob, Item
+from app.jobs.models import FeatureRow, Job, JobChunk, JobResult
+from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "ClassifierRow",
+    "Dataset",
+    "FeatureRow",
+    "IdempotencyRecord",
+    "ImageBlob",
+    "Item",
+    "Job",
+    "JobChunk",
+    "JobResult",
+    "Tenant",
+]

@@ -1,0 +1,26 @@
+"""The Celery application: Redis broker, job state in the database, late acks, prefetch 1.
+
+Queues: ``cpu`` (job start, featurisation chunks; run as many workers as you like) and ``gpu``
+(training; one worker per GPU, ``--pool solo`` so CUDA initialises in the process that uses it).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.core.settings import get_settings
+
+settings = get_settings()
+celery_app = Celery("candor", broker=settings.broker_url, include=["worker.tasks"])
+celery_app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=False,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_default_queue="cpu",
+    task_routes={"candor.train_job": {"queue": "gpu"}, "candor.*": {"queue": "cpu"}},
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_max_tasks_per_child=50,
+)

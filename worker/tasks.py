@@ -1,0 +1,21 @@
+"""Thin Celery tasks: each calls one idempotent pipeline step; all state is in the database."""
+
+from __future__ import annotations
+
+from app.jobs import dispatch, pipeline
+from worker.celery_app import celery_app
+
+
+@celery_app.task(name=dispatch.START)
+def start_job(job_id: str) -> None:
+    pipeline.start_job(job_id)
+
+
+@celery_app.task(name=dispatch.FEATURIZE)
+def featurize_chunk(job_id: str, index: int) -> None:
+    pipeline.featurize_chunk(job_id, index)
+
+
+@celery_app.task(name=dispatch.TRAIN)
+def train_job(job_id: str) -> None:
+    pipeline.train_job(job_id)
