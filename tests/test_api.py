@@ -21,7 +21,11 @@ def new_dataset(client, auth, classes=("cat", "dog", "bird"), name="pets"):
 
 
 def batch(n, start=0, cands=("cat", "dog")):
-    return {"items": [{"id": f"i{k}", "image_base64": b64png(k), "candidates": list(cands)} for k in range(start, start + n)]}
+    return {
+        "items": [
+            {"id": f"i{k}", "image_base64": b64png(k), "candidates": list(cands)} for k in range(start, start + n)
+        ]
+    }
 
 
 def assert_problem(r, status):
@@ -192,7 +196,13 @@ def test_zip_import_manifest_and_imagefolder(client, auth):
             {"id": "b", "candidates": ["bird"]},  # ImageFolder layout: bird/b.png
         ]
     )
-    data = make_zip({"export/manifest.jsonl": manifest.encode(), "export/imgs/a.png": png_bytes(1), "export/bird/b.png": png_bytes(2)})
+    data = make_zip(
+        {
+            "export/manifest.jsonl": manifest.encode(),
+            "export/imgs/a.png": png_bytes(1),
+            "export/bird/b.png": png_bytes(2),
+        }
+    )
     r = client.post(f"/v1/datasets/{ds}/imports", content=data, headers=auth | {"Content-Type": "application/zip"})
     assert r.status_code == 201, r.text
     assert r.json()["created"] == 2
@@ -206,12 +216,28 @@ def test_zip_import_bad_input(client, auth, db, monkeypatch):
     ds = new_dataset(client, auth)
     zh = auth | {"Content-Type": "application/zip"}
     bad = make_zip({"manifest.jsonl": b'{"id": "a", "image": "a.png", "candidates": ["cat"]}\n', "a.png": b"not png"})
-    assert "not a readable image" in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=bad, headers=zh), 422)["detail"]
+    assert (
+        "not a readable image"
+        in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=bad, headers=zh), 422)["detail"]
+    )
     missing = make_zip({"manifest.jsonl": b'{"id": "a", "image": "nope.png", "candidates": ["cat"]}\n'})
-    assert "not in the ZIP" in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=missing, headers=zh), 422)["detail"]
-    assert "not a ZIP" in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=b"plain", headers=zh), 422)["detail"]
-    assert "manifest.jsonl" in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=make_zip({"x.png": png_bytes(0)}), headers=zh), 422)["detail"]
-    assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=b"x", headers=auth | {"Content-Type": "text/plain"}), 415)
+    assert (
+        "not in the ZIP"
+        in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=missing, headers=zh), 422)["detail"]
+    )
+    assert (
+        "not a ZIP"
+        in assert_problem(client.post(f"/v1/datasets/{ds}/imports", content=b"plain", headers=zh), 422)["detail"]
+    )
+    assert (
+        "manifest.jsonl"
+        in assert_problem(
+            client.post(f"/v1/datasets/{ds}/imports", content=make_zip({"x.png": png_bytes(0)}), headers=zh), 422
+        )["detail"]
+    )
+    assert_problem(
+        client.post(f"/v1/datasets/{ds}/imports", content=b"x", headers=auth | {"Content-Type": "text/plain"}), 415
+    )
     from app.core.settings import get_settings
 
     monkeypatch.setattr(get_settings(), "max_upload_bytes", 100)
@@ -251,14 +277,25 @@ def test_job_submit_enqueues_after_commit(client, auth, dispatcher):
     ds = new_dataset(client, auth)
     assert_problem(client.post("/v1/jobs", json={"dataset_id": ds}, headers=auth), 409)  # empty dataset
     client.post(f"/v1/datasets/{ds}/items", json=batch(2), headers=auth)
-    r = client.post("/v1/jobs", json={"dataset_id": ds, "config": {"backbone": "tiny", "train": {"epochs": 3}}}, headers=auth)
+    r = client.post(
+        "/v1/jobs", json={"dataset_id": ds, "config": {"backbone": "tiny", "train": {"epochs": 3}}}, headers=auth
+    )
     assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
     job = r.json()
-    assert job["state"] == "queued" and job["config"]["train"]["epochs"] == 3 and job["config"]["objective"]["name"] == "proden"
+    assert (
+        job["state"] == "queued"
+        and job["config"]["train"]["epochs"] == 3
+        and job["config"]["objective"]["name"] == "proden"
+    )
     assert dispatcher.sent == [(dispatch.START, job["id"])]
     bad = client.post("/v1/jobs", json={"dataset_id": ds, "config": {"train": {"epochs": 0}}}, headers=auth)
     assert "epochs" in assert_problem(bad, 422)["detail"]
-    assert "unknown backbone" in assert_problem(client.post("/v1/jobs", json={"dataset_id": ds, "config": {"backbone": "x"}}, headers=auth), 422)["detail"]
+    assert (
+        "unknown backbone"
+        in assert_problem(
+            client.post("/v1/jobs", json={"dataset_id": ds, "config": {"backbone": "x"}}, headers=auth), 422
+        )["detail"]
+    )
     assert len(dispatcher.sent) == 1
 
 
@@ -268,7 +305,9 @@ def test_cancel_queued_job_and_terminal_conflict(client, auth):
     job = client.post("/v1/jobs", json={"dataset_id": ds}, headers=auth).json()
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert r.status_code == 200 and r.json()["state"] == "cancelled" and r.json()["finished_at"]
-    assert "already cancelled" in assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth), 409)["detail"]
+    assert (
+        "already cancelled" in assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth), 409)["detail"]
+    )
     assert_problem(client.get(f"/v1/jobs/{job['id']}/labels", headers=auth), 409)
 
 

@@ -42,15 +42,22 @@ def _job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
+def _stage(session: Session, job_id: uuid.UUID, stage: str) -> dict:
+    """The job's progress with a new stage; how far it got stays visible."""
+    progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
+    return {**progress, "stage": stage}
+
+
 def _finish_cancel(session: Session, job_id: uuid.UUID) -> None:
-    states.transition(session, job_id, states.CANCELLED, progress={"stage": "cancelled"})
+    states.transition(session, job_id, states.CANCELLED, progress=_stage(session, job_id, "cancelled"))
 
 
 def _fail(job_id: uuid.UUID, exc: BaseException) -> None:
     message = f"{type(exc).__name__}: {exc}"[:4000]
     log.error("job %s failed: %s", job_id, message)
     with session_scope() as session:
-        if not states.transition(session, job_id, states.FAILED, error=message, progress={"stage": "failed"}):
+        progress = _stage(session, job_id, "failed")
+        if not states.transition(session, job_id, states.FAILED, error=message, progress=progress):
             job = _job(session, job_id)
             if job is not None and job.state == states.CANCELLING:
                 _finish_cancel(session, job_id)

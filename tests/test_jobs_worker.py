@@ -1,0 +1,237 @@
+"""Job pipeline and Celery worker on real PostgreSQL and Redis (no rollback: tables truncated)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+from app.jobs import states
+from tests.helpers import b64png, png_bytes
+
+CONFIG = {
+    "backbone": "tiny",
+    "prompt": {"n_ctx": 4},
+    "train": {"epochs": 3, "batch_size": 4, "lr": 0.01},
+    "features": {"batch_size": 4},
+}
+TABLES = (
+    "job_results, classifiers, job_chunks, jobs, features, items, images, datasets, idempotency_keys, api_keys, tenants"
+)
+
+
+@pytest.fixture
+def committed(database):
+    """Real commits through the app's own sessions; every table emptied afterwards."""
+    from app.core import registry
+
+    yield database
+    registry.classifiers.clear()
+    with database.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+
+
+@pytest.fixture
+def api(committed):
+    from app.main import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@pytest.fixture
+def key(committed):
+    from app.core.db import session_scope
+    from app.core.security import create_key
+
+    with session_scope() as s:
+        _, k = create_key(s, f"tenant-{uuid.uuid4().hex[:6]}")
+    return {"Authorization": f"Bearer {k}"}
+
+
+@pytest.fixture(scope="module")
+def celery_worker():
+    """An embedded Celery worker (solo pool, in a thread) on the real Redis broker."""
+    import redis
+    from celery.contrib.testing.worker import start_worker
+
+    from app.core.settings import get_settings
+    from worker.celery_app import celery_app
+
+    redis.Redis.from_url(get_settings().broker_url).flushdb()
+    with start_worker(
+        celery_app, pool="solo", perform_ping_check=False, queues=["cpu", "gpu"], shutdown_timeout=30
+    ) as w:
+        yield w
+
+
+def upload(api, key, n=10, classes=("cat", "dog", "bird")):
+    ds = api.post("/v1/datasets", json={"name": "d", "classes": list(classes)}, headers=key).json()["id"]
+    items = [
+        {"id": f"it-{k}", "image_base64": b64png(k), "candidates": [classes[k % 3], classes[(k + 1) % 3]]}
+        for k in range(n)
+    ]
+    assert api.post(f"/v1/datasets/{ds}/items", json={"items": items}, headers=key).status_code == 201
+    return ds
+
+
+def wait(api, key, job_id, until=states.TERMINAL, timeout=180):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}", headers=key).json()
+        if not seen or seen[-1] != job["state"]:
+            seen.append(job["state"])
+        if job["state"] in until:
+            return job, seen
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} stuck in {seen}")
+
+
+def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
+    ds = upload(api, key)
+    r = api.post("/v1/jobs", json={"dataset_id": ds, "config": CONFIG}, headers=key)
+    assert r.status_code == 202
+    job, seen = wait(api, key, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert seen[-1] == "succeeded" and job["attempt"] == 1 and job["finished_at"]
+    assert job["metrics"]["items"] == 10 and len(job["metrics"]["history"]) == 3
+    assert job["progress"]["stage"] == "succeeded"
+
+    lines = api.get(f"/v1/jobs/{job['id']}/labels", headers=key)
+    assert lines.headers["content-type"].startswith("application/x-ndjson")
+    rows = [__import__("json").loads(x) for x in lines.text.splitlines()]
+    assert [r["id"] for r in rows] == [f"it-{k}" for k in range(10)]
+    for k, row in enumerate(rows):
+        cands = {("cat", "dog", "bird")[k % 3], ("cat", "dog", "bird")[(k + 1) % 3]}
+        assert set(row["posterior"]) == cands and row["label"] in cands
+    csv_text = api.get(f"/v1/jobs/{job['id']}/labels", params={"format": "csv"}, headers=key).text.splitlines()
+    assert csv_text[0].startswith("id,label,confidence") and len(csv_text) == 11
+
+    clf_id = job["classifier_id"]
+    assert [c["id"] for c in api.get("/v1/classifiers", headers=key).json()] == [clf_id]
+    clf = api.get(f"/v1/classifiers/{clf_id}", headers=key).json()
+    assert clf["classes"] == ["cat", "dog", "bird"] and clf["backbone"] == "tiny"
+    pred = api.post(
+        f"/v1/classifiers/{clf_id}/predict", json={"images": [b64png(3), b64png(4)], "top_k": 2}, headers=key
+    )
+    assert pred.status_code == 200, pred.text
+    body = pred.json()
+    assert (
+        len(body["predictions"]) == 2 and len(body["predictions"][0]["top"]) == 2 and body["version"] == clf["version"]
+    )
+    files = [("files", ("a.png", png_bytes(3), "image/png"))]
+    multi = api.post(f"/v1/classifiers/{clf_id}/predict", files=files, params={"candidates": "dog,bird"}, headers=key)
+    assert multi.status_code == 200 and {t["label"] for t in multi.json()["predictions"][0]["top"]} <= {"dog", "bird"}
+    # the same prediction both ways
+    assert multi.json()["predictions"][0]["top"][0]["p"] > 0
+    bad = api.post(f"/v1/classifiers/{clf_id}/predict", json={"images": ["bm90IGFuIGltYWdl"]}, headers=key)
+    assert bad.status_code == 422 and "not a readable image" in bad.json()["detail"]
+
+    # a second job on the same images skips featurisation: no chunks
+    second = api.post(
+        "/v1/jobs", json={"dataset_id": ds, "config": CONFIG | {"objective": {"name": "cc"}}}, headers=key
+    )
+    job2, _ = wait(api, key, second.json()["id"])
+    assert job2["state"] == "succeeded"
+    from app.core.db import session_scope
+    from app.jobs.models import Job
+
+    with session_scope() as s:
+        assert s.scalar(select(Job.chunks_total).where(Job.id == uuid.UUID(job2["id"]))) == 0
+        assert s.scalar(select(Job.chunks_total).where(Job.id == uuid.UUID(job["id"]))) == 3  # 10 images / 4
+
+
+def test_cancel_while_training(api, key, celery_worker, monkeypatch):
+    from app.core.settings import get_settings
+
+    ds = upload(api, key, n=12)
+    slow = CONFIG | {"train": {"epochs": 200, "batch_size": 2, "lr": 0.01}}
+    job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": slow}, headers=key).json()["id"]
+    wait(api, key, job_id, until={states.TRAINING} | states.TERMINAL)
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{job_id}", headers=key).json()["progress"].get("done") in (None, 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = api.post(f"/v1/jobs/{job_id}/cancel", headers=key)
+    assert r.status_code == 200 and r.json()["state"] in ("cancelling", "cancelled")
+    job, seen = wait(api, key, job_id)
+    assert job["state"] == "cancelled" and job["progress"]["epoch"] < 200
+    assert get_settings().progress_interval == 0
+
+
+def test_failed_job_records_error(api, key, celery_worker):
+    ds = upload(api, key, n=3)
+    bad = CONFIG | {"backbone": "openclip:candor-tiny:no-such-weights"}
+    job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": bad}, headers=key).json()["id"]
+    job, _ = wait(api, key, job_id)
+    assert job["state"] == "failed" and "local checkpoint" in job["error"]
+
+
+def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkeypatch):
+    """Run the steps in-process; kill training after epoch 2; the redelivered task resumes there."""
+    from app.jobs import dispatch, pipeline
+    from app.jobs.models import Job
+
+    sent = []
+    monkeypatch.setattr(dispatch, "get_dispatcher", lambda: type("D", (), {"send": lambda self, *a: sent.append(a)})())
+    ds = upload(api, key, n=8)
+    job_id = api.post(
+        "/v1/jobs", json={"dataset_id": ds, "config": CONFIG | {"train": {"epochs": 4, "batch_size": 4}}}, headers=key
+    ).json()["id"]
+    pipeline.start_job(job_id)
+    pipeline.start_job(job_id)  # a redelivered start changes nothing
+    chunks = [a for a in sent if a[0] == dispatch.FEATURIZE]
+    assert len(chunks) == 2
+    for _, jid, idx in chunks + chunks:  # every chunk delivered twice: counted once
+        pipeline.featurize_chunk(jid, idx)
+    assert [a[0] for a in sent].count(dispatch.TRAIN) == 1
+
+    import app.ml.trainer as trainer
+
+    class Killed(BaseException):
+        pass
+
+    real_train = trainer.train
+
+    def killed_after_two_epochs(*args, hooks=None, **kw):
+        def on_epoch_end(ckpt):
+            hooks.on_epoch_end(ckpt)
+            if ckpt.epoch == 2:
+                raise Killed()
+
+        return real_train(*args, hooks=trainer.Hooks(hooks.on_step, on_epoch_end, hooks.should_cancel), **kw)
+
+    monkeypatch.setattr(pipeline, "train", killed_after_two_epochs)
+    with pytest.raises(Killed):
+        pipeline.train_job(job_id)
+    from app.core.db import session_scope
+
+    with session_scope() as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        assert job.state == "training" and job.checkpoint_meta["epoch"] == 2
+    epochs_run = []
+    monkeypatch.setattr(
+        pipeline,
+        "train",
+        lambda *a, resume=None, **kw: (epochs_run.append(resume.epoch), real_train(*a, resume=resume, **kw))[1],
+    )
+    pipeline.train_job(job_id)
+    assert epochs_run == [2]
+    done = api.get(f"/v1/jobs/{job_id}", headers=key).json()
+    assert done["state"] == "succeeded" and [h["epoch"] for h in done["metrics"]["history"]] == [1, 2, 3, 4]
+
+    # the same job run without interruption gives the same classifier
+    fresh = api.post(
+        "/v1/jobs", json={"dataset_id": ds, "config": CONFIG | {"train": {"epochs": 4, "batch_size": 4}}}, headers=key
+    ).json()["id"]
+    monkeypatch.setattr(pipeline, "train", real_train)
+    pipeline.start_job(fresh)
+    pipeline.train_job(fresh)
+    versions = {c["job_id"]: c["version"] for c in api.get("/v1/classifiers", headers=key).json()}
+    assert versions[job_id] == versions[fresh]
+    pipeline.train_job(fresh)  # redelivered after success: nothing changes
+    assert len(api.get("/v1/classifiers", headers=key).json()) == 2
