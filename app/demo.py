@@ -1,15 +1,27 @@
-"""`make demo`: clean 1,000 Fashion-MNIST training images whose labels were hidden in candidate
-sets drawn at q = 0.3, through the `candor clean` CLI on the offline backbone, and score the result
-against the true labels next to the zero-shot prior on the same items."""
+"""`make demo`: Fashion-MNIST through the service, as a user would drive it.
+
+1,000 training images get candidate label sets drawn at q = 0.3 (the true label hidden among
+them). The demo starts `candor serve --embedded` (SQLite and an in-process worker: no PostgreSQL,
+no Redis, the `offline` backbone), creates an API key, uploads the images as a ZIP over HTTP, runs
+a job while printing its progress, downloads the labels, scores them against the hidden truth next
+to the zero-shot prior, and calls /predict on unseen test images. `--via cli` runs the same job
+with `candor clean` instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -36,65 +48,137 @@ def build_manifest(folder: Path, n: int, q: float, seed: int) -> dict[str, str]:
     return truth
 
 
+def print_table(rows: list[dict], truth: dict[str, str], q: float, method: str) -> None:
+    n = len(rows)
+    candor = sum(r["label"] == truth[r["id"]] for r in rows)
+    prior = sum(r["prior_label"] == truth[r["id"]] for r in rows)
+    chance = sum(1.0 / len(r["posterior"]) for r in rows)
+    mean_size = sum(len(r["posterior"]) for r in rows) / n
+    print()
+    print(f"Fashion-MNIST, {n} training images, candidate sets at q = {q} (mean |S| = {mean_size:.2f})")
+    print(f"{'method':<46}{'true label recovered':>22}")
+    print(f"{'random candidate (expected)':<46}{chance:>10.1f} / {n}  {100 * chance / n:5.1f}%")
+    print(f"{'zero-shot prior, best candidate':<46}{prior:>10d} / {n}  {100 * prior / n:5.1f}%")
+    print(f"{method:<46}{candor:>10d} / {n}  {100 * candor / n:5.1f}%")
+    print(f"flagged ambiguous: {sum(r['ambiguous'] for r in rows)}; "
+          f"flagged candidates_suspect: {sum(r['candidates_suspect'] for r in rows)}")  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_service(args, folder: Path, truth: dict[str, str]) -> None:
+    env = os.environ | {"CANDOR_EMBEDDED": "1", "CANDOR_DATA_DIR": str((folder / "service").resolve())}
+    candor = [sys.executable, "-m", "app.cli"]
+    key = subprocess.run([*candor, "keys", "create", "--tenant", "demo"], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen([*candor, "serve", "--embedded", "--port", str(port), "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600)
+        for _ in range(600):
+            try:
+                if http.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        print(f"$ candor serve --embedded  (API on {base}, database {folder / 'service'})")
+
+        classes = (folder / "classes.txt").read_text().splitlines()
+        ds = (
+            http.post("/v1/datasets", json={"name": "fashion-mnist-demo", "classes": classes}).raise_for_status().json()
+        )
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            zf.write(folder / "manifest.jsonl", "manifest.jsonl")
+            for p in sorted((folder / "images").iterdir()):
+                zf.write(p, f"images/{p.name}")
+        t = time.monotonic()
+        r = http.post(f"/v1/datasets/{ds['id']}/imports", content=buf.getvalue(),
+                      headers={"Content-Type": "application/zip", "Idempotency-Key": "demo-import"})  # fmt: skip
+        r.raise_for_status()
+        print(f"POST /v1/datasets/{ds['id']}/imports: {r.json()['created']} created, "
+              f"{r.json()['unchanged']} unchanged ({time.monotonic() - t:.1f} s)")  # fmt: skip
+
+        config = {"backbone": args.backbone, "features": {"view": "invert"}, "train": {"seed": args.seed}}
+        if args.epochs:
+            config["train"]["epochs"] = args.epochs
+        job = http.post("/v1/jobs", json={"dataset_id": ds["id"], "config": config}).raise_for_status().json()
+        print(f"POST /v1/jobs -> 202 {job['id']}")
+        while job["state"] not in ("succeeded", "failed", "cancelled"):
+            time.sleep(1.0)
+            job = http.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+            p = job["progress"]
+            line = f"  {job['state']:<12} {p.get('done') or 0:>5}/{p.get('total') or 0:<5}"
+            if p.get("epoch"):
+                line += f" epoch {p['epoch']}/{p['epochs']} loss {p['last_loss']:.4f} ETA {p['eta_seconds']:.0f} s"
+            print(f"\r{line:<78}", end="", flush=True)
+        print()
+        if job["state"] != "succeeded":
+            raise SystemExit(f"job {job['state']}: {job['error']}")
+        labels = http.get(f"/v1/jobs/{job['id']}/labels", params={"format": "jsonl"}).raise_for_status()
+        rows = [json.loads(line) for line in labels.text.splitlines()]
+        cfg = job["config"]
+        method = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
+        print_table(rows, truth, args.q, method)
+
+        test_images, test_labels = load_fashion_mnist("test")
+        pick = np.random.default_rng(args.seed).choice(len(test_labels), size=args.predict, replace=False)
+        files = []
+        for i in pick:
+            b = io.BytesIO()
+            Image.fromarray(test_images[i]).save(b, format="PNG")
+            files.append(("files", (f"test-{i}.png", b.getvalue(), "image/png")))
+        t = time.monotonic()
+        pred = http.post(f"/v1/classifiers/{job['classifier_id']}/predict", files=files, params={"top_k": 1})
+        pred.raise_for_status()
+        hits = sum(
+            p["label"] == FASHION_MNIST_CLASSES[test_labels[i]]
+            for p, i in zip(pred.json()["predictions"], pick, strict=True)
+        )
+        print(f"POST /v1/classifiers/{job['classifier_id']}/predict on {len(pick)} unseen test images: "
+              f"{hits}/{len(pick)} = {100 * hits / len(pick):.1f}% correct ({time.monotonic() - t:.1f} s)")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def run_cli(args, folder: Path, truth: dict[str, str]) -> None:
+    out = folder / "out"
+    cmd = [
+        sys.executable, "-m", "app.cli", "clean", str(folder / "manifest.jsonl"),
+        "--classes", str(folder / "classes.txt"), "--out", str(out),
+        "--backbone", args.backbone, "--view", "invert", "--seed", str(args.seed),
+        "--cache", str(folder / "features.sqlite"),
+    ]  # fmt: skip
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    cfg = json.loads((out / "config.json").read_text())
+    method = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
+    print_table(rows, truth, args.q, method)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default="build/demo")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--q", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone", default="offline")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--predict", type=int, default=200, help="unseen test images sent to /predict")
+    ap.add_argument("--via", choices=("service", "cli"), default="service")
     args = ap.parse_args(argv)
-
     folder = Path(args.dir)
     truth = build_manifest(folder, args.n, args.q, args.seed)
-    out = folder / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "clean",
-        str(folder / "manifest.jsonl"),
-        "--classes",
-        str(folder / "classes.txt"),
-        "--out",
-        str(out),
-        "--backbone",
-        args.backbone,
-        "--view",
-        "invert",
-        "--seed",
-        str(args.seed),
-        "--cache",
-        str(folder / "features.sqlite"),
-    ]
-    if args.epochs:
-        cmd += ["--epochs", str(args.epochs)]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    n = len(rows)
-    candor = sum(r["label"] == truth[r["id"]] for r in rows)
-    prior = sum(r["prior_label"] == truth[r["id"]] for r in rows)
-    chance = sum(1.0 / len(r["posterior"]) for r in rows)
-    mean_size = sum(len(r["posterior"]) for r in rows) / n
-    ambiguous = sum(r["ambiguous"] for r in rows)
-    metrics = json.loads((out / "metrics.json").read_text())
-    print()
-    print(f"Fashion-MNIST, {n} training images, candidate sets at q = {args.q} (mean |S| = {mean_size:.2f})")
-    print(f"{'method':<46}{'true label recovered':>22}")
-    print(f"{'random candidate (expected)':<46}{chance:>10.1f} / {n}  {100 * chance / n:5.1f}%")
-    print(f"{'zero-shot prior, best candidate':<46}{prior:>10d} / {n}  {100 * prior / n:5.1f}%")
-    cfg = json.loads((out / "config.json").read_text())
-    name = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
-    print(f"{name:<46}{candor:>10d} / {n}  {100 * candor / n:5.1f}%")
-    print(
-        f"flagged ambiguous: {ambiguous}; prior top-1 inside the candidate sets: "
-        f"{metrics['prior_top1_in_candidates']:.1%} (chance {metrics['chance_in_candidates']:.1%})"
-    )
-    example = folder / "images" / f"{rows[0]['id']}.png"
-    print(f"classifier: {out / 'classifier'}; try: .venv/bin/candor predict {out / 'classifier'} {example}")
+    (run_service if args.via == "service" else run_cli)(args, folder, truth)
     return 0
 
 

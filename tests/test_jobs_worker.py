@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -103,7 +104,7 @@ def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
 
     lines = api.get(f"/v1/jobs/{job['id']}/labels", headers=key)
     assert lines.headers["content-type"].startswith("application/x-ndjson")
-    rows = [__import__("json").loads(x) for x in lines.text.splitlines()]
+    rows = [json.loads(x) for x in lines.text.splitlines()]
     assert [r["id"] for r in rows] == [f"it-{k}" for k in range(10)]
     for k, row in enumerate(rows):
         cands = {("cat", "dog", "bird")[k % 3], ("cat", "dog", "bird")[(k + 1) % 3]}
@@ -145,9 +146,7 @@ def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
         assert s.scalar(select(Job.chunks_total).where(Job.id == uuid.UUID(job["id"]))) == 3  # 10 images / 4
 
 
-def test_cancel_while_training(api, key, celery_worker, monkeypatch):
-    from app.core.settings import get_settings
-
+def test_cancel_while_training(api, key, celery_worker):
     ds = upload(api, key, n=12)
     slow = CONFIG | {"train": {"epochs": 200, "batch_size": 2, "lr": 0.01}}
     job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": slow}, headers=key).json()["id"]
@@ -158,9 +157,8 @@ def test_cancel_while_training(api, key, celery_worker, monkeypatch):
         time.sleep(0.1)
     r = api.post(f"/v1/jobs/{job_id}/cancel", headers=key)
     assert r.status_code == 200 and r.json()["state"] in ("cancelling", "cancelled")
-    job, seen = wait(api, key, job_id)
-    assert job["state"] == "cancelled" and job["progress"]["epoch"] < 200
-    assert get_settings().progress_interval == 0
+    job, _ = wait(api, key, job_id)
+    assert job["state"] == "cancelled" and 1 <= job["progress"]["epoch"] < 200
 
 
 def test_failed_job_records_error(api, key, celery_worker):
@@ -183,9 +181,10 @@ def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkey
         "/v1/jobs", json={"dataset_id": ds, "config": CONFIG | {"train": {"epochs": 4, "batch_size": 4}}}, headers=key
     ).json()["id"]
     pipeline.start_job(job_id)
-    pipeline.start_job(job_id)  # a redelivered start changes nothing
     chunks = [a for a in sent if a[0] == dispatch.FEATURIZE]
     assert len(chunks) == 2
+    pipeline.start_job(job_id)  # a redelivered start re-sends the pending chunks and plans nothing new
+    assert [a for a in sent if a[0] == dispatch.FEATURIZE] == chunks + chunks
     for _, jid, idx in chunks + chunks:  # every chunk delivered twice: counted once
         pipeline.featurize_chunk(jid, idx)
     assert [a[0] for a in sent].count(dispatch.TRAIN) == 1

@@ -81,18 +81,27 @@ def _start(jid: uuid.UUID) -> None:
             _finish_cancel(session, jid)
             return
         claimed = states.transition(
-            session,
-            jid,
-            states.FEATURIZING,
-            attempt=Job.attempt + 1,
-            started_at=utcnow(),
+            session, jid, states.FEATURIZING, attempt=Job.attempt + 1, started_at=utcnow(),
             progress={"stage": "featurizing", "done": 0, "total": 0},
-        )
-        if not claimed:
-            return  # a redelivery: another delivery already started this job
+        )  # fmt: skip
         cfg = CleanConfig.model_validate(job.config)
-        backbone = get_backbone(cfg.backbone)
-        items = datasets_repo.dataset_items(session, job.dataset_id)
+        dataset_id = job.dataset_id
+        if not claimed:
+            if job.state != states.FEATURIZING:
+                return  # a redelivery after the job moved on
+            # A redelivery while featurising: the first delivery died after claiming. Re-send the
+            # chunks not yet done (counted once however often they run), or plan them if none exist.
+            pending = session.scalars(
+                select(JobChunk.index).where(JobChunk.job_id == jid, JobChunk.done.is_(False))
+            ).all()
+            planned = session.scalar(select(JobChunk.index).where(JobChunk.job_id == jid).limit(1)) is not None
+            for i in pending:
+                after_commit(session, lambda i=i: dispatch.send(dispatch.FEATURIZE, jid, i))
+            if planned:
+                return
+    backbone = get_backbone(cfg.backbone)  # may take a while; the job already shows 'featurizing'
+    with session_scope() as session:
+        items = datasets_repo.dataset_items(session, dataset_id)
         hashes = list(dict.fromkeys(i.image_sha256 for i in items))
         missing = repo.missing_features(session, backbone.id, cfg.features.view, hashes)
         size = get_settings().feature_chunk_size
@@ -100,7 +109,7 @@ def _start(jid: uuid.UUID) -> None:
         session.add_all(JobChunk(job_id=jid, index=i, hashes=c) for i, c in enumerate(chunks))
         session.execute(
             update(Job)
-            .where(Job.id == jid)
+            .where(Job.id == jid, Job.state == states.FEATURIZING)
             .values(
                 backbone_id=backbone.id,
                 chunks_total=len(chunks),

@@ -1,0 +1,103 @@
+"""The job state machine: every (from, to) pair, and a race where exactly one writer wins."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from app.jobs import states
+from app.jobs.models import Job
+
+ALL = sorted(states.TRANSITIONS)
+
+
+def make_job(session: Session, state: str) -> uuid.UUID:
+    from app.core.security import create_key
+    from app.datasets.models import Dataset
+
+    tenant, _ = create_key(session, f"t-{uuid.uuid4().hex[:8]}")
+    ds = Dataset(tenant_id=tenant.id, name="d", classes=["a", "b"])
+    session.add(ds)
+    session.flush()
+    job = Job(tenant_id=tenant.id, dataset_id=ds.id, state=state, config={}, config_hash="x", progress={})
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+@pytest.mark.parametrize("to", ALL)
+@pytest.mark.parametrize("frm", ALL)
+def test_every_transition_pair(db, frm, to):
+    job_id = make_job(db, frm)
+    moved = states.transition(db, job_id, to)
+    assert moved == (to in states.TRANSITIONS[frm])
+    state = db.scalar(select(Job.state).where(Job.id == job_id).execution_options(populate_existing=True))
+    assert state == (to if moved else frm)
+    if moved and to in states.TERMINAL:
+        assert db.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
+
+
+def test_terminal_states_are_final():
+    for terminal in states.TERMINAL:
+        assert states.TRANSITIONS[terminal] == frozenset()
+    assert states.CANCELLED in states.TRANSITIONS[states.CANCELLING]
+
+
+def test_two_sessions_race_exactly_one_wins(database):
+    from app.core.db import get_sessionmaker
+
+    make = get_sessionmaker()
+    with make() as s:
+        job_id = make_job(s, states.QUEUED)
+        s.commit()
+    barrier = threading.Barrier(2)
+    results: list[bool] = []
+
+    def claim():
+        with make() as s:
+            barrier.wait()
+            results.append(states.transition(s, job_id, states.FEATURIZING))
+            s.commit()
+
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, True]
+    with database.begin() as conn:
+        conn.execute(text("TRUNCATE jobs, datasets, api_keys, tenants CASCADE"))
+
+
+def test_migrations_round_trip(database):
+    """upgrade -> downgrade -> upgrade on a scratch database."""
+    import os
+
+    from sqlalchemy import create_engine, inspect
+
+    from app.core.migrate import downgrade, upgrade
+    from tests.service_fixtures import PG_ADMIN_URL
+
+    name = f"{os.environ['CANDOR_DATABASE_URL'].rsplit('/', 1)[1]}_mig"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        eng = create_engine(url)
+        assert {"jobs", "items", "features", "classifiers"} <= set(inspect(eng).get_table_names())
+        downgrade(url)
+        assert set(inspect(eng).get_table_names()) <= {"alembic_version"}
+        upgrade(url)
+        assert "job_results" in inspect(eng).get_table_names()
+        eng.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
