@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services test lint demo bench-speed clean
+.PHONY: install data services test lint demo bench-speed bench-service clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,9 @@ demo: install data
 
 bench-speed: install
 	$(PY) bench/speed.py
+
+bench-service: install services
+	$(PY) bench/service.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -58,6 +58,23 @@ class JobResult(Base):
     prior_label: Mapped[str | None] = mapped_column(String(255))
 
 
+RESULT_FIELDS = (
+    "label", "confidence", "posterior", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label"
+)  # fmt: skip
+
+
+def result_row(job_id, item_seq: int, item) -> dict:
+    """A job_results row from the engine's ItemResult."""
+    return {"job_id": job_id, "item_seq": item_seq, "external_id": item.id} | {
+        f: getattr(item, f) for f in RESULT_FIELDS
+    }
+
+
+def result_dict(row: JobResult) -> dict:
+    """The public form of a stored result: the engine's ItemResult fields."""
+    return {"id": row.external_id} | {f: getattr(row, f) for f in RESULT_FIELDS}
+
+
 class FeatureRow(Base):
     """Image features cached per (backbone id, view, image sha256)."""
 

@@ -27,12 +27,10 @@ from app.datasets import repository as datasets_repo
 from app.datasets.models import Dataset
 from app.jobs import dispatch, states
 from app.jobs import repository as repo
-from app.jobs.models import Job, JobChunk, JobResult
-from app.ml.artifacts import Classifier
+from app.jobs.models import Job, JobChunk, JobResult, result_row
 from app.ml.config import CleanConfig
-from app.ml.engine import job_metrics
+from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
-from app.ml.results import item_results
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
 
 log = logging.getLogger("candor.pipeline")
@@ -276,26 +274,11 @@ def _train(jid: uuid.UUID) -> None:
         hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
         resume=resume,
     )
-    outputs = item_results(
-        [x for _, x, _, _ in items], classes, result.posterior, mask, cfg.output, result.prior_posterior
-    )
-    metrics = job_metrics(result, mask)
-    summary = {k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]}
-    classifier = Classifier(
-        backbone=backbone.spec,
-        backbone_id=backbone.id,
-        classes=classes,
-        ctx=result.ctx,
-        class_features=result.class_features,
-        prior_features=result.prior_features,
-        logit_scale=result.logit_scale,
-        view=cfg.features.view,
-        config=cfg.model_dump(mode="json"),
-        metrics=summary,
-    )
+    out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
+    classifier, metrics = out.classifier, out.metrics
     with session_scope() as session:
         if not states.transition(
-            session, jid, states.SUCCEEDED, metrics=metrics, progress={"stage": "succeeded"}, checkpoint=None
+            session, jid, states.SUCCEEDED, metrics=metrics, progress=_stage(session, jid, "succeeded"), checkpoint=None
         ):
             state = session.scalar(select(Job.state).where(Job.id == jid))
             if state == states.CANCELLING:
@@ -303,22 +286,7 @@ def _train(jid: uuid.UUID) -> None:
             return
         session.execute(
             JobResult.__table__.insert(),
-            [
-                {
-                    "job_id": jid,
-                    "item_seq": seq,
-                    "external_id": r.id,
-                    "label": r.label,
-                    "confidence": r.confidence,
-                    "posterior": r.posterior,
-                    "margin": r.margin,
-                    "outside_mass": r.outside_mass,
-                    "ambiguous": r.ambiguous,
-                    "candidates_suspect": r.candidates_suspect,
-                    "prior_label": r.prior_label,
-                }
-                for (seq, _, _, _), r in zip(items, outputs, strict=True)
-            ],
+            [result_row(jid, seq, r) for (seq, _, _, _), r in zip(items, out.items, strict=True)],
         )
         session.add(
             ClassifierRow(
@@ -329,7 +297,7 @@ def _train(jid: uuid.UUID) -> None:
                 backbone=classifier.backbone,
                 backbone_id=classifier.backbone_id,
                 classes=classes,
-                metrics=summary,
+                metrics=classifier.metrics,
                 artifact=classifier.to_bytes(),
             )
         )

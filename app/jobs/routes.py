@@ -17,7 +17,7 @@ from app.core.deps import SessionDep, TenantDep
 from app.core.problems import Problem
 from app.jobs import repository as repo
 from app.jobs import service, states
-from app.jobs.models import JobResult
+from app.jobs.models import RESULT_FIELDS, JobResult, result_dict
 from app.jobs.schemas import JobCreate, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -64,7 +64,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
     return service.job_out(session, job)
 
 
-FIELDS = ["id", "label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label"]
+FIELDS = ["id", *(f for f in RESULT_FIELDS if f != "posterior")]
 
 
 def _rows(job_id: uuid.UUID) -> Iterator[JobResult]:
@@ -76,20 +76,6 @@ def _rows(job_id: uuid.UUID) -> Iterator[JobResult]:
             .execution_options(yield_per=1000)
         )
         yield from session.scalars(stmt)
-
-
-def _as_dict(r: JobResult) -> dict:
-    return {
-        "id": r.external_id,
-        "label": r.label,
-        "confidence": r.confidence,
-        "posterior": r.posterior,
-        "margin": r.margin,
-        "outside_mass": r.outside_mass,
-        "ambiguous": r.ambiguous,
-        "candidates_suspect": r.candidates_suspect,
-        "prior_label": r.prior_label,
-    }
 
 
 @router.get(
@@ -116,7 +102,7 @@ def get_labels(
 
         def body() -> Iterator[bytes]:
             for r in _rows(job.id):
-                yield (json.dumps(_as_dict(r)) + "\n").encode()
+                yield (json.dumps(result_dict(r)) + "\n").encode()
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
 
@@ -125,7 +111,7 @@ def get_labels(
         writer = csv.writer(buf)
         writer.writerow([*FIELDS, "posterior"])
         for r in _rows(job.id):
-            d = _as_dict(r)
+            d = result_dict(r)
             writer.writerow([*(d[f] for f in FIELDS), json.dumps(d["posterior"])])
             if buf.tell() > 1 << 16:
                 yield buf.getvalue().encode()

@@ -48,6 +48,27 @@ def job_metrics(result: TrainResult, mask: torch.Tensor) -> dict:
     }
 
 
+def outputs(
+    backbone: Backbone, ids: list[str], classes: list[str], mask: torch.Tensor, cfg: CleanConfig, result: TrainResult
+) -> CleanOutput:
+    """Per-item results, job metrics and the classifier artifact of a finished training run."""
+    items = item_results(ids, classes, result.posterior, mask, cfg.output, result.prior_posterior)
+    metrics = job_metrics(result, mask)
+    classifier = Classifier(
+        backbone=backbone.spec,
+        backbone_id=backbone.id,
+        classes=list(classes),
+        ctx=result.ctx,
+        class_features=result.class_features,
+        prior_features=result.prior_features,
+        logit_scale=result.logit_scale,
+        view=cfg.features.view,
+        config=cfg.model_dump(mode="json"),
+        metrics={k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]},
+    )
+    return CleanOutput(items=items, classifier=classifier, metrics=metrics, train=result)
+
+
 def clean(
     dataset: CandidateDataset,
     cfg: CleanConfig | None = None,
@@ -64,18 +85,4 @@ def clean(
     )
     mask = dataset.mask()
     result = train(backbone, dataset.classes, features, mask, cfg, hooks=hooks, progress=progress)
-    items = item_results(dataset.ids, dataset.classes, result.posterior, mask, cfg.output, result.prior_posterior)
-    metrics = job_metrics(result, mask)
-    classifier = Classifier(
-        backbone=backbone.spec,
-        backbone_id=backbone.id,
-        classes=list(dataset.classes),
-        ctx=result.ctx,
-        class_features=result.class_features,
-        prior_features=result.prior_features,
-        logit_scale=result.logit_scale,
-        view=cfg.features.view,
-        config=cfg.model_dump(mode="json"),
-        metrics={k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]},
-    )
-    return CleanOutput(items=items, classifier=classifier, metrics=metrics, train=result)
+    return outputs(backbone, dataset.ids, dataset.classes, mask, cfg, result)
