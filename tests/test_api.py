@@ -42,6 +42,14 @@ def test_health(client):
     assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
+def test_readyz_answers_503_when_the_broker_is_down(client, monkeypatch):
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "broker_url", "redis://127.0.0.1:1/0")
+    body = assert_problem(client.get("/readyz"), 503)
+    assert body["checks"]["database"] == "ok" and body["checks"]["broker"].startswith("unreachable")
+
+
 def test_auth_required_and_checked(client, auth):
     assert_problem(client.get("/v1/datasets"), 401)
     r = client.get("/v1/datasets", headers={"Authorization": "Bearer cnd_not-a-key"})

@@ -101,3 +101,20 @@ def test_migrations_round_trip(database):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_worker_process_knows_every_table():
+    """A Celery worker imports only its tasks; every mapper must still resolve its foreign keys."""
+    import subprocess
+    import sys
+
+    code = (
+        "import worker.tasks\n"
+        "from app.core.db import get_sessionmaker\n"
+        "from sqlalchemy.orm import configure_mappers\n"
+        "get_sessionmaker(); configure_mappers()\n"
+        "from app.classifiers.models import ClassifierRow\n"
+        "assert ClassifierRow.__table__.c.tenant_id.foreign_keys\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -64,6 +64,8 @@ def get_engine() -> Engine:
 
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
+    import app.models  # noqa: F401  every table's mapper is known before the first query
+
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
