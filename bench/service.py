@@ -64,7 +64,7 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="candor-bench-"))
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "CANDOR_DATA_DIR": str(tmp), "CANDOR_FEATURE_CHUNK_SIZE": "64"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "CANDOR_DATA_DIR": str(tmp)}
     procs: list[subprocess.Popen] = []
     db_name = f"candor_bench_{os.getpid()}"
     if args.embedded:
@@ -76,6 +76,9 @@ def main() -> int:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{db_name}"'))
         env |= {"CANDOR_EMBEDDED": "0", "CANDOR_DATABASE_URL": f"{PG}/{db_name}", "CANDOR_BROKER_URL": REDIS}
+        import redis
+
+        redis.Redis.from_url(REDIS).flushdb()  # no message of an earlier run may reach this run's worker
     candor = [sys.executable, "-m", "app.cli"]
     try:
         key = subprocess.run([*candor, "keys", "create", "--tenant", "bench"], env=env, check=True,

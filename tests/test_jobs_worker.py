@@ -129,6 +129,16 @@ def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
     assert multi.status_code == 200 and {t["label"] for t in multi.json()["predictions"][0]["top"]} <= {"dog", "bird"}
     # the same prediction both ways
     assert multi.json()["predictions"][0]["top"][0]["p"] > 0
+    from app.core.db import session_scope
+    from app.core.security import create_key
+
+    with session_scope() as s:
+        _, other = create_key(s, "intruder")
+    stranger = {"Authorization": f"Bearer {other}"}
+    for _ in range(2):  # the second answer comes from the warm cache: still 404
+        r = api.post(f"/v1/classifiers/{clf_id}/predict", json={"images": [b64png(3)]}, headers=stranger)
+        assert r.status_code == 404
+    assert api.get(f"/v1/classifiers/{clf_id}", headers=stranger).status_code == 404
     bad = api.post(f"/v1/classifiers/{clf_id}/predict", json={"images": ["bm90IGFuIGltYWdl"]}, headers=key)
     assert bad.status_code == 422 and "not a readable image" in bad.json()["detail"]
 

@@ -52,7 +52,6 @@ async def predict(
 ):
     """Classify images: JSON `{images: [base64], top_k, candidates}` or multipart `files` with
     `?top_k=&candidates=a,b`. One image forward and a matmul per image on a warm backbone."""
-    row = service.require_classifier(session, tenant, classifier_id)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         form = await request.form()
@@ -61,7 +60,7 @@ async def predict(
             raise Problem(422, "Invalid request", "send the images as multipart fields named 'files'")
         blobs = [await f.read() for f in files if hasattr(f, "read")]
         cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
-        return service.predict(session, row, blobs, top_k or 5, cands)
+        return service.predict(session, tenant, classifier_id, blobs, top_k or 5, cands)
     if ctype != "application/json":
         raise Problem(415, "Unsupported Media Type", "send application/json or multipart/form-data")
     try:
@@ -75,4 +74,6 @@ async def predict(
             f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
             errors=[{"loc": [str(x) for x in e["loc"]], "msg": e["msg"]} for e in errors],
         ) from exc
-    return service.predict(session, row, service.decode_b64(body.images), top_k or body.top_k, body.candidates)
+    return service.predict(
+        session, tenant, classifier_id, service.decode_b64(body.images), top_k or body.top_k, body.candidates
+    )

@@ -31,12 +31,24 @@ def require_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUI
     return row
 
 
-def load_classifier(session: Session, row: ClassifierRow) -> Classifier:
-    def load() -> Classifier:
-        blob = session.scalar(select(ClassifierRow.artifact).where(ClassifierRow.id == row.id))
-        return Classifier.from_bytes(blob)
+def owned_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUID) -> tuple[uuid.UUID, str, Classifier]:
+    """(id, version, artifact) of a tenant's classifier for /predict. Classifiers are immutable, so
+    the ownership check and the artifact are cached together after the first request."""
 
-    return registry.classifiers.get(row.id, load)
+    def load() -> tuple[uuid.UUID, str, Classifier] | None:
+        row = session.execute(
+            select(ClassifierRow.id, ClassifierRow.version, ClassifierRow.artifact).where(
+                ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id
+            )
+        ).one_or_none()
+        return None if row is None else (row[0], row[1], Classifier.from_bytes(row[2]))
+
+    key = (tenant.id, classifier_id)
+    found = registry.classifiers.get(key, load)
+    if found is None:
+        registry.classifiers.discard(key)
+        raise not_found("classifier", classifier_id)
+    return found
 
 
 def decode_b64(items: Sequence[str]) -> list[bytes]:
@@ -51,24 +63,25 @@ def decode_b64(items: Sequence[str]) -> list[bytes]:
 
 def predict(
     session: Session,
-    row: ClassifierRow,
+    tenant: Tenant,
+    classifier_id: uuid.UUID,
     blobs: Sequence[bytes],
     top_k: int,
     candidates: Sequence[str] | None,
 ) -> PredictResponse:
+    clf_id, version, clf = owned_classifier(session, tenant, classifier_id)
     try:
         images = [decode_image(b, f"image {i}") for i, b in enumerate(blobs)]
     except ImageError as exc:
         raise Problem(422, "Invalid image", str(exc)) from exc
-    clf = load_classifier(session, row)
     backbone = registry.get_backbone(clf.backbone)
     try:
         top = clf.predict(backbone, images, top_k=top_k, candidates=candidates or None)
     except ArtifactError as exc:
         raise Problem(422, "Invalid request", str(exc)) from exc
     return PredictResponse(
-        classifier_id=row.id,
-        version=row.version,
+        classifier_id=clf_id,
+        version=version,
         predictions=[
             Prediction(index=i, label=t[0][0], top=[Scored(label=c, p=p) for c, p in t]) for i, t in enumerate(top)
         ],

@@ -37,6 +37,10 @@ class LRU(Generic[V]):
                 self._loading.pop(key, None)
             return value
 
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
