@@ -58,6 +58,23 @@ def test_auth_required_and_checked(client, auth):
     assert client.get("/v1/datasets", headers=auth).status_code == 200
 
 
+def test_revoked_key_stops_working_after_the_cache_ttl(client, db, auth, monkeypatch):
+    from sqlalchemy import update
+
+    from app.core.db import utcnow
+    from app.core.security import key_cache
+    from app.core.settings import get_settings
+    from app.tenants.models import ApiKey
+
+    monkeypatch.setattr(get_settings(), "auth_cache_seconds", 60.0)
+    assert client.get("/v1/datasets", headers=auth).status_code == 200
+    db.execute(update(ApiKey).values(revoked_at=utcnow()))
+    db.commit()
+    assert client.get("/v1/datasets", headers=auth).status_code == 200  # still trusted within the TTL
+    monkeypatch.setattr(key_cache, "_data", {})  # the TTL has passed
+    assert_problem(client.get("/v1/datasets", headers=auth), 401)
+
+
 def test_keys_are_stored_only_as_hashes(db, auth):
     from sqlalchemy import select
 

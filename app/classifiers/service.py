@@ -12,17 +12,17 @@ from app.classifiers.models import ClassifierRow
 from app.classifiers.schemas import Prediction, PredictResponse, Scored
 from app.core import registry
 from app.core.problems import Problem, not_found
+from app.core.security import TenantRef
 from app.ml.artifacts import ArtifactError, Classifier
 from app.ml.features import ImageError, decode_image
-from app.tenants.models import Tenant
 
 
-def list_classifiers(session: Session, tenant: Tenant) -> Sequence[ClassifierRow]:
+def list_classifiers(session: Session, tenant: TenantRef) -> Sequence[ClassifierRow]:
     stmt = select(ClassifierRow).where(ClassifierRow.tenant_id == tenant.id).order_by(ClassifierRow.created_at)
     return session.scalars(stmt).all()
 
 
-def require_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUID) -> ClassifierRow:
+def require_classifier(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> ClassifierRow:
     row = session.scalar(
         select(ClassifierRow).where(ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id)
     )
@@ -31,7 +31,9 @@ def require_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUI
     return row
 
 
-def owned_classifier(session: Session, tenant: Tenant, classifier_id: uuid.UUID) -> tuple[uuid.UUID, str, Classifier]:
+def owned_classifier(
+    session: Session, tenant: TenantRef, classifier_id: uuid.UUID
+) -> tuple[uuid.UUID, str, Classifier]:
     """(id, version, artifact) of a tenant's classifier for /predict. Classifiers are immutable, so
     the ownership check and the artifact are cached together after the first request."""
 
@@ -63,7 +65,7 @@ def decode_b64(items: Sequence[str]) -> list[bytes]:
 
 def predict(
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     classifier_id: uuid.UUID,
     blobs: Sequence[bytes],
     top_k: int,

@@ -7,15 +7,17 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.core.db import get_sessionmaker
 from app.core.problems import Problem
-from app.core.security import tenant_for_key
-from app.tenants.models import Tenant
+from app.core.security import TenantRef, hash_key, key_cache, tenant_for_key
+from app.core.settings import get_settings
 
 
 def get_session() -> Iterator[Session]:
-    """One session per request; the route's unit of work commits explicitly."""
+    """One session per request; the route's unit of work commits explicitly. A session opens no
+    connection until its first query."""
     session = get_sessionmaker()()
     try:
         yield session
@@ -26,7 +28,7 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+async def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> TenantRef:
     def unauthorized(detail: str) -> Problem:
         p = Problem(401, "Unauthorized", detail)
         p.headers = {"WWW-Authenticate": "Bearer"}
@@ -34,10 +36,13 @@ def current_tenant(session: SessionDep, authorization: Annotated[str | None, Hea
 
     if not authorization or not authorization.lower().startswith("bearer "):
         raise unauthorized("send 'Authorization: Bearer <key>'; create a key with `candor keys create --tenant NAME`")
-    tenant = tenant_for_key(session, authorization[7:].strip())
+    key = authorization[7:].strip()
+    tenant = key_cache.get(hash_key(key))
+    if tenant is None:
+        tenant = await run_in_threadpool(tenant_for_key, session, key, get_settings().auth_cache_seconds)
     if tenant is None:
         raise unauthorized("unknown or revoked API key")
     return tenant
 
 
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
+TenantDep = Annotated[TenantRef, Depends(current_tenant)]

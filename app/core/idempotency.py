@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.core.problems import Problem
+from app.core.security import TenantRef
 from app.core.settings import get_settings
-from app.tenants.models import IdempotencyRecord, Tenant
+from app.tenants.models import IdempotencyRecord
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -25,7 +26,7 @@ def fingerprint(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def replay(session: Session, tenant: Tenant, key: str | None, route: str, fp: str) -> JSONResponse | None:
+def replay(session: Session, tenant: TenantRef, key: str | None, route: str, fp: str) -> JSONResponse | None:
     if not key:
         return None
     if len(key) > 255:
@@ -47,7 +48,7 @@ def replay(session: Session, tenant: Tenant, key: str | None, route: str, fp: st
 
 def remember(
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     key: str | None,
     route: str,
     fp: str,

@@ -20,18 +20,18 @@ from pathlib import PurePosixPath
 from sqlalchemy.orm import Session
 
 from app.core.problems import Problem, not_found
+from app.core.security import TenantRef
 from app.core.settings import get_settings
 from app.datasets import repository as repo
 from app.datasets.models import Dataset, Item
 from app.datasets.schemas import DatasetCreate, DatasetDetail, IngestResult, ItemOutcome
 from app.ml.data import InputError, validate_candidates, validate_classes
 from app.ml.features import ImageError, decode_image, sha256_bytes
-from app.tenants.models import Tenant
 
 INSERT_CHUNK = 100
 
 
-def create_dataset(session: Session, tenant: Tenant, body: DatasetCreate) -> Dataset:
+def create_dataset(session: Session, tenant: TenantRef, body: DatasetCreate) -> Dataset:
     try:
         classes = validate_classes(body.classes)
     except InputError as exc:
@@ -42,7 +42,7 @@ def create_dataset(session: Session, tenant: Tenant, body: DatasetCreate) -> Dat
     return ds
 
 
-def require_dataset(session: Session, tenant: Tenant, dataset_id: uuid.UUID) -> Dataset:
+def require_dataset(session: Session, tenant: TenantRef, dataset_id: uuid.UUID) -> Dataset:
     ds = repo.get_dataset(session, tenant.id, dataset_id)
     if ds is None:
         raise not_found("dataset", dataset_id)
@@ -82,7 +82,7 @@ def _reject(index: int, item_id: object, reason: str) -> ItemOutcome:
     return ItemOutcome(index=index, id=item_id if isinstance(item_id, str) else None, status="rejected", reason=reason)
 
 
-def ingest(session: Session, tenant: Tenant, ds: Dataset, incoming: Sequence[Incoming]) -> IngestResult:
+def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[Incoming]) -> IngestResult:
     """Store new items; identical re-sends are 'unchanged'; any bad item rejects the whole upload (422)."""
     settings = get_settings()
     class_index = {c: k for k, c in enumerate(ds.classes)}

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
 from app.core.problems import Problem, not_found
+from app.core.security import TenantRef
 from app.core.uow import after_commit
 from app.datasets import repository as datasets_repo
 from app.datasets.service import require_dataset
@@ -17,10 +18,9 @@ from app.jobs import repository as repo
 from app.jobs.models import Job
 from app.jobs.schemas import JobCreate, JobOut, JobProgress
 from app.ml.backbones import parse_spec
-from app.tenants.models import Tenant
 
 
-def create_job(session: Session, tenant: Tenant, body: JobCreate) -> Job:
+def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
     ds = require_dataset(session, tenant, body.dataset_id)
     if datasets_repo.count_items(session, ds.id) == 0:
         raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")
@@ -42,14 +42,14 @@ def create_job(session: Session, tenant: Tenant, body: JobCreate) -> Job:
     return job
 
 
-def require_job(session: Session, tenant: Tenant, job_id: uuid.UUID) -> Job:
+def require_job(session: Session, tenant: TenantRef, job_id: uuid.UUID) -> Job:
     job = repo.get_job(session, tenant.id, job_id)
     if job is None:
         raise not_found("job", job_id)
     return job
 
 
-def cancel_job(session: Session, tenant: Tenant, job_id: uuid.UUID) -> Job:
+def cancel_job(session: Session, tenant: TenantRef, job_id: uuid.UUID) -> Job:
     """Queued jobs are cancelled at once; running ones move to 'cancelling' and the worker stops
     between batches. Terminal jobs answer 409."""
     job = require_job(session, tenant, job_id)
