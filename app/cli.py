@@ -36,7 +36,7 @@ def build_config(args: argparse.Namespace) -> CleanConfig:
     if args.objective:
         overrides["objective"] = {"name": args.objective}
     if args.alignment:
-        overrides["alignment"] = {"enabled": args.alignment == "on"}
+        overrides["alignment"] = {"enabled": args.alignment != "off", "auto_trust": args.alignment == "auto"}
     train = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     if train:
         overrides["train"] = train
@@ -187,7 +187,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--backbone", help="offline (default) | tiny | openclip:MODEL[:PRETRAINED_OR_FILE]")
     c.add_argument("--objective", choices=OBJECTIVES, help="PLL objective (default proden)")
     c.add_argument(
-        "--alignment", choices=("off", "on"), help="prompt alignment with the handcrafted prompt (default on)"
+        "--alignment",
+        choices=("off", "on", "auto"),
+        help="prompt alignment with the handcrafted prompt: auto (default) trusts the prior as far as the "
+        "candidate sets show it deserves; on trusts it fully",
     )
     c.add_argument("--epochs", type=int, help="training epochs (default 20)")
     c.add_argument("--seed", type=int, help="random seed (default 0)")

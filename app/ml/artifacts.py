@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as st_save
 
 from app.ml.backbones import Backbone
+from app.ml.objectives import restrict
 
 FORMAT = "candor.classifier/1"
 TENSOR_FILE = "classifier.safetensors"
@@ -44,6 +45,7 @@ class Classifier:
     prior_features: torch.Tensor
     logit_scale: float
     view: str = "plain"
+    prior_weight: float = 0.0  # weight of the handcrafted prior in the posterior (chosen label-free)
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -53,22 +55,27 @@ class Classifier:
         h.update(self.backbone_id.encode())
         h.update(json.dumps(self.config, sort_keys=True).encode())
         h.update(json.dumps(self.classes).encode())
+        h.update(repr(float(self.prior_weight)).encode())
         h.update(self.ctx.detach().cpu().float().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
     # ---- prediction -------------------------------------------------------------------------
     def probabilities(self, features: torch.Tensor, candidates: Sequence[str] | None = None) -> torch.Tensor:
         """(B, K) posterior from (B, D) image features; zero outside ``candidates`` when given."""
-        logits = self.logit_scale * features.float() @ self.class_features.T.to(features.device)
+        feats = features.float()
+        probs = F.softmax(self.logit_scale * feats @ self.class_features.T.to(feats.device), dim=1)
+        if self.prior_weight > 0:
+            prior = F.softmax(self.logit_scale * feats @ self.prior_features.T.to(feats.device), dim=1)
+            probs = (1 - self.prior_weight) * probs + self.prior_weight * prior
         if candidates:
             index = {c: k for k, c in enumerate(self.classes)}
             unknown = [c for c in candidates if c not in index]
             if unknown:
                 raise ArtifactError(f"candidate {unknown[0]!r} is not among the classifier's classes")
-            keep = torch.zeros(len(self.classes), dtype=torch.bool, device=logits.device)
-            keep[[index[c] for c in candidates]] = True
-            logits = logits.masked_fill(~keep, float("-inf"))
-        return F.softmax(logits, dim=1)
+            keep = torch.zeros(len(self.classes), device=probs.device)
+            keep[[index[c] for c in candidates]] = 1.0
+            probs = restrict(probs, keep.expand_as(probs))
+        return probs
 
     def check_backbone(self, backbone: Backbone) -> None:
         if backbone.id != self.backbone_id:
@@ -102,6 +109,7 @@ class Classifier:
             "classes": self.classes,
             "logit_scale": self.logit_scale,
             "view": self.view,
+            "prior_weight": self.prior_weight,
             "config": self.config,
             "metrics": self.metrics,
         }
@@ -146,6 +154,7 @@ class Classifier:
             classes=list(meta["classes"]),
             logit_scale=float(meta["logit_scale"]),
             view=meta.get("view", "plain"),
+            prior_weight=float(meta.get("prior_weight", 0.0)),
             config=meta.get("config", {}),
             metrics=meta.get("metrics", {}),
             **{t: tensors[t] for t in _TENSORS},

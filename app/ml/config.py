@@ -64,6 +64,11 @@ class AlignmentConfig(_Frozen):
     """Prompt alignment (Zhang et al., DASFAA 2025) on top of any PLL objective."""
 
     enabled: bool = True
+    auto_trust: bool = Field(
+        True,
+        description="cap the prior's weight by a label-free estimate of its accuracy (see docs/method.md); "
+        "off = trust it as far as mix.prior_weight_max allows",
+    )
     mode: Literal["target", "extra_loss", "both"] = Field(
         "target",
         description="'target': the mixed posterior replaces the objective's own confidence update; "
@@ -83,6 +88,24 @@ class TrainConfig(_Frozen):
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_epochs: int = Field(0, ge=0, description="epochs at constant lr 1e-5 before the cosine schedule")
     seed: int = 0
+
+
+class SelectionConfig(_Frozen):
+    """Label-free model choice on held-out candidate-labelled items (never trained on)."""
+
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="share of items held out of training to score epochs and prior mixes (0: off; "
+        "used only when at least 100 items would be held out)",
+    )
+    best_epoch: bool = Field(True, description="keep the epoch whose held-out estimated accuracy is highest")
+    predict_prior_weights: tuple[float, ...] = Field(
+        (0.0, 0.25, 0.5),
+        description="candidate weights of the handcrafted prior in the final posterior; the held-out "
+        "estimate picks one ((0.0,) never mixes the prior in)",
+    )
 
 
 class OutputConfig(_Frozen):
@@ -118,6 +141,7 @@ class CleanConfig(_Frozen):
     alignment: AlignmentConfig = AlignmentConfig()
     train: TrainConfig = TrainConfig()
     features: FeatureConfig = FeatureConfig()
+    selection: SelectionConfig = SelectionConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

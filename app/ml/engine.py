@@ -44,6 +44,7 @@ def job_metrics(result: TrainResult, mask: torch.Tensor) -> dict:
         "prior_candidate_mass": round(float((result.prior_posterior.double() * m).sum(dim=1).mean()), 4),
         "agreement_with_prior": round(float((learned_choice == prior_choice).double().mean()), 4),
         "candidate_mass": round(float((result.posterior.double() * m).sum(dim=1).mean()), 4),
+        "selection": result.selection,
         "history": result.history,
     }
 
@@ -63,6 +64,7 @@ def outputs(
         prior_features=result.prior_features,
         logit_scale=result.logit_scale,
         view=cfg.features.view,
+        prior_weight=result.prior_weight,
         config=cfg.model_dump(mode="json"),
         metrics={k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]},
     )

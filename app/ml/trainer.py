@@ -24,6 +24,7 @@ from app.ml.alignment import learnable_weight, mixed_posterior
 from app.ml.backbones import Backbone, handcrafted_features
 from app.ml.config import CleanConfig
 from app.ml.objectives import build_objective, soft_cross_entropy
+from app.ml.trust import estimate_accuracy, holdout_split, prior_trust
 
 
 class Cancelled(Exception):
@@ -67,16 +68,25 @@ class Checkpoint:
     objective: dict
     rng: torch.Tensor
     history: list[dict] = field(default_factory=list)
+    best_ctx: torch.Tensor | None = None
+    best: dict = field(default_factory=dict)  # {"epoch", "score"} of best_ctx
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Split into safetensors-able tensors and JSON-able metadata."""
         tensors = {"ctx": self.ctx, "confidence": self.confidence, "mask": self.mask, "rng": self.rng}
+        if self.best_ctx is not None:
+            tensors["best_ctx"] = self.best_ctx
         for name, value in self.objective.items():
             tensors[f"objective.{name}"] = value
         opt_state = self.optimizer.get("state", {}).get(0, {})
         for name, value in opt_state.items():
             tensors[f"optimizer.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        meta = {"epoch": self.epoch, "history": self.history, "param_groups": self.optimizer.get("param_groups", [])}
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "param_groups": self.optimizer.get("param_groups", []),
+            "best": self.best,
+        }
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta
 
     @classmethod
@@ -92,6 +102,8 @@ class Checkpoint:
             objective=objective,
             rng=tensors["rng"],
             history=list(meta.get("history", [])),
+            best_ctx=tensors.get("best_ctx"),
+            best=dict(meta.get("best", {})),
         )
 
 
@@ -106,6 +118,8 @@ class TrainResult:
     mask: torch.Tensor  # (N, K) candidate mask (purified by POP)
     history: list[dict]
     logit_scale: float
+    prior_weight: float = 0.0  # weight of the prior in ``posterior`` (chosen on held-out items)
+    selection: dict = field(default_factory=dict)  # trust estimate, holdout size, chosen epoch and weight
 
 
 def seed_everything(seed: int) -> None:
@@ -181,12 +195,23 @@ def train(
     prior = handcrafted_features(backbone, classnames, cfg.templates).to(device)
     prior_logits = all_logits(feats, prior, scale)
 
+    prior_post = F.softmax(prior_logits, dim=1)
+    trust = prior_trust(prior_post, mask.to(device).float())
+    align = cfg.alignment
+    mix = align.mix
+    if align.auto_trust:
+        mix = mix.model_copy(update={"prior_weight_max": min(mix.prior_weight_max, trust.weight)})
+    held = holdout_split(n, cfg.selection.holdout_fraction, cfg.train.seed).to(device)
+    train_idx = (~held).nonzero().flatten()
+    n_train = int(train_idx.numel())
+
     objective = build_objective(cfg.objective)
     confidence = objective.init_confidence(mask).to(device)
     cur_mask = mask.to(device).float()
     opt = _optimizer([ctx], cfg)
     start_epoch, history = 0, []
     prev_choice = None
+    best_ctx, best = None, {}
     if resume is not None:
         with torch.no_grad():
             ctx.copy_(resume.ctx.to(device))
@@ -197,22 +222,22 @@ def train(
         objective.load_state_dict(resume.objective)
         gen.set_state(resume.rng)
         start_epoch, history = resume.epoch, list(resume.history)
+        best_ctx = None if resume.best_ctx is None else resume.best_ctx.to(device).clone()
+        best = dict(resume.best)
         with torch.no_grad():
             post = F.softmax(all_logits(feats, encoder(ctx), scale), dim=1)
         prev_choice = (post * cur_mask).argmax(dim=1)
 
-    align = cfg.alignment
-    mix = align.mix
     use_target = align.enabled and objective.keeps_confidence and align.mode in ("target", "both")
     use_extra = align.enabled and (not objective.keeps_confidence or align.mode in ("extra_loss", "both"))
     bsz = cfg.train.batch_size
-    steps = math.ceil(n / bsz)
+    steps = math.ceil(n_train / bsz)
     total_steps = max(cfg.train.epochs * steps - 1, 1)
     started = time.monotonic()
     bar = tqdm(total=(cfg.train.epochs - start_epoch) * steps, desc="training", unit="step", disable=not progress)
 
     for epoch in range(start_epoch, cfg.train.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = train_idx[torch.randperm(n_train, generator=gen).to(device)]
         losses = []
         for step in range(steps):
             if hooks.should_cancel is not None and hooks.should_cancel():
@@ -221,7 +246,7 @@ def train(
             global_step = epoch * steps + step
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, global_step, steps)
-            idx = order[step * bsz : (step + 1) * bsz].to(device)
+            idx = order[step * bsz : (step + 1) * bsz]
             s = cur_mask[idx]
             logits = scale * feats[idx] @ encoder(ctx).T
             m = None
@@ -258,6 +283,11 @@ def train(
             "candidate_loglik": float(inside.clamp_min(1e-12).log().mean()),
             "changed": None if prev_choice is None else float((choice != prev_choice).float().mean()),
         }
+        if bool(held.any()):
+            est = estimate_accuracy(post[held], mask.to(device)[held].float())
+            record["holdout_accuracy_est"] = round(est.accuracy, 4)
+            if cfg.selection.best_epoch and (not best or est.accuracy > best["score"]):
+                best, best_ctx = {"epoch": epoch + 1, "score": est.accuracy}, ctx.detach().clone()
         prev_choice = choice
         history.append(record)
         if hooks.on_epoch_end is not None:
@@ -271,21 +301,57 @@ def train(
                     objective={k: v.clone() for k, v in objective.state_dict().items()},
                     rng=gen.get_state(),
                     history=list(history),
+                    best_ctx=None if best_ctx is None else best_ctx.clone(),
+                    best=dict(best),
                 )
             )
     bar.close()
 
+    # Label-free choices on held-out items, each only when clearly better (two standard errors)
+    # than the default of the last epoch and no prior in the posterior.
+    hm = mask.to(device)[held].float()
+    final_ctx = ctx.detach()
+    if best_ctx is not None and best["epoch"] != len(history):
+        with torch.no_grad():
+            last_post = F.softmax(all_logits(feats[held], encoder(final_ctx), scale), dim=1)
+        last = estimate_accuracy(last_post, hm)
+        if best["score"] - last.accuracy > 2 * last.stderr:
+            final_ctx = best_ctx
+        else:
+            best = {"epoch": len(history), "score": last.accuracy}
     with torch.no_grad():
-        learned = encoder(ctx)
-        posterior = F.softmax(all_logits(feats, learned, scale), dim=1)
+        learned = encoder(final_ctx)
+        learned_post = F.softmax(all_logits(feats, learned, scale), dim=1)
+    weight, scores = 0.0, {}
+    if bool(held.any()):
+        estimates = {
+            w: estimate_accuracy((1 - w) * learned_post[held] + w * prior_post[held], hm)
+            for w in cfg.selection.predict_prior_weights
+        }
+        scores = {str(w): round(e.accuracy, 4) for w, e in estimates.items()}
+        base = estimates.get(0.0) or estimate_accuracy(learned_post[held], hm)
+        top = max(estimates, key=lambda w: (estimates[w].accuracy, -w))
+        if estimates[top].accuracy - base.accuracy > 2 * base.stderr:
+            weight = float(top)
+    posterior = (1 - weight) * learned_post + weight * prior_post
+    selection = {
+        "trust": trust.to_dict(),
+        "prior_weight_max_used": round(mix.prior_weight_max, 4) if align.enabled else 0.0,
+        "holdout_items": int(held.sum()),
+        "selected_epoch": best.get("epoch", len(history)),
+        "predict_prior_weight": weight,
+        "holdout_accuracy_est_by_prior_weight": scores,
+    }
     return TrainResult(
-        ctx=ctx.detach().cpu(),
+        ctx=final_ctx.cpu(),
         class_features=learned.cpu(),
         prior_features=prior.cpu(),
         posterior=posterior.cpu(),
-        prior_posterior=F.softmax(prior_logits, dim=1).cpu(),
+        prior_posterior=prior_post.cpu(),
         confidence=confidence.cpu(),
         mask=cur_mask.cpu(),
         history=history,
         logit_scale=scale,
+        prior_weight=weight,
+        selection=selection,
     )
