@@ -8,6 +8,7 @@ last epoch's checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -61,16 +62,36 @@ def _fail(job_id: uuid.UUID, exc: BaseException) -> None:
                 _finish_cancel(session, job_id)
 
 
-def start_job(job_id: str) -> None:
-    jid = uuid.UUID(job_id)
-    try:
-        _start(jid)
-    except Exception as exc:
-        _fail(jid, exc)
-        raise
+def _step(fn):
+    """A task body: failures are recorded on the job (then re-raised for the worker's log); a
+    cancelled training ends the job as cancelled."""
+
+    @functools.wraps(fn)
+    def run(job_id: str, *args) -> None:
+        jid = uuid.UUID(job_id)
+        try:
+            fn(jid, *args)
+        except Cancelled:
+            with session_scope() as session:
+                _finish_cancel(session, jid)
+        except Exception as exc:
+            _fail(jid, exc)
+            raise
+
+    return run
 
 
-def _start(jid: uuid.UUID) -> None:
+def _due(session: Session, jid: uuid.UUID, state: str) -> Job | None:
+    """The job when it is in ``state``; a job asked to cancel meanwhile is finished as cancelled."""
+    job = _job(session, jid)
+    if job is not None and job.state == states.CANCELLING:
+        _finish_cancel(session, jid)
+        return None
+    return job if job is not None and job.state == state else None
+
+
+@_step
+def start_job(jid: uuid.UUID) -> None:
     with session_scope() as session:
         job = _job(session, jid)
         if job is None:
@@ -127,23 +148,13 @@ def _to_training(session: Session, jid: uuid.UUID) -> None:
         after_commit(session, lambda: dispatch.send(dispatch.TRAIN, jid))
 
 
-def featurize_chunk(job_id: str, index: int) -> None:
-    jid = uuid.UUID(job_id)
-    try:
-        _featurize_chunk(jid, int(index))
-    except Exception as exc:
-        _fail(jid, exc)
-        raise
-
-
-def _featurize_chunk(jid: uuid.UUID, index: int) -> None:
+@_step
+def featurize_chunk(jid: uuid.UUID, index: int) -> None:
     with session_scope() as session:
-        job = _job(session, jid)
-        if job is None or job.state != states.FEATURIZING:
-            if job is not None and job.state == states.CANCELLING:
-                _finish_cancel(session, jid)
+        job = _due(session, jid, states.FEATURIZING)
+        if job is None:
             return
-        chunk = session.get(JobChunk, (jid, index))
+        chunk = session.get(JobChunk, (jid, int(index)))
         if chunk is None or chunk.done:
             return
         cfg = CleanConfig.model_validate(job.config)
@@ -160,7 +171,7 @@ def _featurize_chunk(jid: uuid.UUID, index: int) -> None:
         batch_size=cfg.features.batch_size,
     )
     with session_scope() as session:
-        counted = repo.mark_chunk_done(session, jid, index)
+        counted = repo.mark_chunk_done(session, jid, int(index))
         if counted is None:
             return
         done, total = counted
@@ -223,24 +234,11 @@ class _JobHooks:
             )
 
 
-def train_job(job_id: str) -> None:
-    jid = uuid.UUID(job_id)
-    try:
-        _train(jid)
-    except Cancelled:
-        with session_scope() as session:
-            _finish_cancel(session, jid)
-    except Exception as exc:
-        _fail(jid, exc)
-        raise
-
-
-def _train(jid: uuid.UUID) -> None:
+@_step
+def train_job(jid: uuid.UUID) -> None:
     with session_scope() as session:
-        job = _job(session, jid)
-        if job is None or job.state != states.TRAINING:
-            if job is not None and job.state == states.CANCELLING:
-                _finish_cancel(session, jid)
+        job = _due(session, jid, states.TRAINING)
+        if job is None:
             return
         cfg = CleanConfig.model_validate(job.config)
         dataset = session.get(Dataset, job.dataset_id)
