@@ -62,6 +62,37 @@ def rows_for(objectives: list[str]) -> list[tuple[str, dict | None]]:
     return rows
 
 
+def plot(results: dict, names: list[str], qs: list[float], path: Path) -> None:
+    """Accuracy against q: one colour per objective, dashed with alignment, thick for the default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10").colors  # 9 objectives and baselines; true labels and default apart
+    base_names = list(dict.fromkeys(n.split(" + ")[0] for n in names))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, which, title in ((axes[0], 0, "test accuracy"), (axes[1], 1, "disambiguation accuracy")):
+        for name in names:
+            ys = [100 * statistics.mean(v[which] for v in results[(name, q)]) for q in qs]
+            if "default" in name:
+                color = "black"
+            elif name.startswith("true labels"):
+                color = "dimgray"
+            else:
+                color = palette[base_names.index(name.split(" + ")[0]) % len(palette)]
+            dashed = " + alignment" in name and "default" not in name
+            ax.plot(qs, ys, "--" if dashed else "-", marker="o", color=color, label=name,
+                    linewidth=2.8 if "default" in name else 1.2)  # fmt: skip
+        ax.set_xlabel("q (rate at which each wrong label joins a set)")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -74,7 +105,14 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=4)
     ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
     ap.add_argument("--out", default="build/quality")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from OUT/results.json")
     args = ap.parse_args()
+    if args.plot_only:
+        raw = json.loads((Path(args.out) / "results.json").read_text())
+        results = {(k.rsplit("|", 1)[0], float(k.rsplit("|", 1)[1])): v for k, v in raw.items()}
+        names = list(dict.fromkeys(k[0] for k in results))
+        plot(results, names, sorted({k[1] for k in results}), Path(args.out) / "quality.png")
+        return 0
     n_train = args.n_train or (2000 if args.quick else 10000)
     n_test = args.n_test or (1000 if args.quick else 10000)
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
@@ -144,24 +182,7 @@ def main() -> int:
     (out / "table.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in results.items()}, indent=1) + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, which, title in ((axes[0], 0, "test accuracy"), (axes[1], 1, "disambiguation accuracy")):
-        for name, _ in rows:
-            ys = [100 * statistics.mean(v[which] for v in results[(name, q)]) for q in args.q]
-            style = "--" if "alignment" in name and "default" not in name else "-"
-            ax.plot(args.q, ys, style, marker="o", label=name, linewidth=2.5 if "default" in name else 1)
-        ax.set_xlabel("q (rate at which each wrong label joins a set)")
-        ax.set_ylabel(f"{title} (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "quality.png", dpi=110)
+    plot(results, [name for name, _ in rows], args.q, out / "quality.png")
     print(f"wrote {out / 'table.md'} and {out / 'quality.png'}")
     return 0
 
