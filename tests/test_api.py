@@ -271,6 +271,35 @@ def test_zip_import_bad_input(client, auth, db, monkeypatch):
     assert _items_in(db, uuid.UUID(ds)) == 0
 
 
+def test_zip_with_a_corrupt_member_is_rejected(client, auth):
+    ds = new_dataset(client, auth)
+    good = png_bytes(1)
+    data = bytearray(
+        make_zip({"manifest.jsonl": b'{"id": "a", "image": "a.png", "candidates": ["cat"]}\n', "a.png": good})
+    )
+    at = bytes(data).index(good[20:40])
+    data[at] ^= 0xFF  # flip a byte inside the stored member: its CRC no longer matches
+    r = client.post(
+        f"/v1/datasets/{ds}/imports", content=bytes(data), headers=auth | {"Content-Type": "application/zip"}
+    )
+    assert "cannot be read" in assert_problem(r, 422)["detail"]
+
+
+def test_long_class_names_and_bad_selection_config_are_rejected(client, auth):
+    long = "x" * 256
+    assert (
+        "longer than 255"
+        in assert_problem(client.post("/v1/datasets", json={"name": "n", "classes": [long, "b"]}, headers=auth), 422)[
+            "detail"
+        ]
+    )
+    ds = new_dataset(client, auth)
+    client.post(f"/v1/datasets/{ds}/items", json=batch(1), headers=auth)
+    for weights in ([], [1.5]):
+        cfg = {"selection": {"predict_prior_weights": weights}}
+        assert_problem(client.post("/v1/jobs", json={"dataset_id": ds, "config": cfg}, headers=auth), 422)
+
+
 def test_idempotency_key(client, auth):
     ds = new_dataset(client, auth)
     h = auth | {"Idempotency-Key": "k-1"}

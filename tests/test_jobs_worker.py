@@ -139,6 +139,19 @@ def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
         r = api.post(f"/v1/classifiers/{clf_id}/predict", json={"images": [b64png(3)]}, headers=stranger)
         assert r.status_code == 404
     assert api.get(f"/v1/classifiers/{clf_id}", headers=stranger).status_code == 404
+    dup = api.post(
+        f"/v1/classifiers/{clf_id}/predict",
+        json={"images": [b64png(3)], "candidates": ["dog", "dog"], "top_k": 5},
+        headers=key,
+    )
+    assert [t["label"] for t in dup.json()["predictions"][0]["top"]] == ["dog"]
+    texty = api.post(
+        f"/v1/classifiers/{clf_id}/predict",
+        data={"files": "not a file"},
+        files=[("x", ("x", b"", "text/plain"))],
+        headers=key,
+    )
+    assert texty.status_code == 422
     bad = api.post(f"/v1/classifiers/{clf_id}/predict", json={"images": ["bm90IGFuIGltYWdl"]}, headers=key)
     assert bad.status_code == 422 and "not a readable image" in bad.json()["detail"]
 
@@ -244,3 +257,83 @@ def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkey
     assert versions[job_id] == versions[fresh]
     pipeline.train_job(fresh)  # redelivered after success: nothing changes
     assert len(api.get("/v1/classifiers", headers=key).json()) == 2
+
+
+@pytest.fixture
+def inline(monkeypatch):
+    """Steps run by hand: messages are recorded, not sent."""
+    from app.jobs import dispatch
+
+    sent: list[tuple] = []
+    monkeypatch.setattr(dispatch, "get_dispatcher", lambda: type("D", (), {"send": lambda self, *a: sent.append(a)})())
+    return sent
+
+
+def run_all(sent, start_at=0):
+    """Run every recorded step (and the steps they record) in order."""
+    from app.jobs import dispatch, pipeline
+
+    steps = {dispatch.START: pipeline.start_job, dispatch.FEATURIZE: pipeline.featurize_chunk}
+    steps[dispatch.TRAIN] = pipeline.train_job
+    i = start_at
+    while i < len(sent):
+        task, *args = sent[i]
+        steps[task](*args)
+        i += 1
+
+
+def test_feature_cache_is_per_tenant(api, key, inline):
+    from app.core.db import session_scope
+    from app.core.security import create_key
+    from app.jobs.models import Job
+
+    ds = upload(api, key, n=6)
+    job_a = api.post("/v1/jobs", json={"dataset_id": ds, "config": CONFIG}, headers=key).json()["id"]
+    run_all(inline)
+    with session_scope() as s:
+        _, other = create_key(s, "second-tenant")
+    other_key = {"Authorization": f"Bearer {other}"}
+    ds_b = upload(api, other_key, n=6)  # the very same images
+    start = len(inline)
+    job_b = api.post("/v1/jobs", json={"dataset_id": ds_b, "config": CONFIG}, headers=other_key).json()["id"]
+    run_all(inline, start)
+    with session_scope() as s:
+        totals = {j: s.scalar(select(Job.chunks_total).where(Job.id == uuid.UUID(j))) for j in (job_a, job_b)}
+    assert totals[job_a] == totals[job_b] == 2  # B computes its own features: nothing reveals A's images
+    assert api.get(f"/v1/jobs/{job_b}", headers=other_key).json()["state"] == "succeeded"
+
+
+def test_cancel_during_the_last_chunk_finishes_as_cancelled(api, key, inline):
+    from app.jobs import dispatch, pipeline
+
+    ds = upload(api, key, n=3)
+    job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": CONFIG}, headers=key).json()["id"]
+    pipeline.start_job(job_id)
+    chunks = [a for a in inline if a[0] == dispatch.FEATURIZE]
+    assert len(chunks) == 1
+    real_featurize = pipeline.featurize
+
+    def cancel_meanwhile(*args, **kw):
+        out = real_featurize(*args, **kw)
+        assert api.post(f"/v1/jobs/{job_id}/cancel", headers=key).json()["state"] == "cancelling"
+        return out
+
+    pipeline.featurize = cancel_meanwhile
+    try:
+        pipeline.featurize_chunk(job_id, 0)
+    finally:
+        pipeline.featurize = real_featurize
+    assert api.get(f"/v1/jobs/{job_id}", headers=key).json()["state"] == "cancelled"
+    assert not [a for a in inline if a[0] == dispatch.TRAIN]
+
+
+def test_items_added_after_submission_belong_to_the_next_job(api, key, inline):
+    ds = upload(api, key, n=6)
+    job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": CONFIG}, headers=key).json()["id"]
+    more = [{"id": f"late-{k}", "image_base64": b64png(100 + k), "candidates": ["cat"]} for k in range(3)]
+    assert api.post(f"/v1/datasets/{ds}/items", json={"items": more}, headers=key).status_code == 201
+    run_all(inline)
+    job = api.get(f"/v1/jobs/{job_id}", headers=key).json()
+    assert job["state"] == "succeeded" and job["metrics"]["items"] == 6
+    labels = api.get(f"/v1/jobs/{job_id}/labels", headers=key).text.splitlines()
+    assert len(labels) == 6 and not any("late-" in line for line in labels)

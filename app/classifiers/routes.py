@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.classifiers import service
 from app.classifiers.schemas import ClassifierOut, PredictRequest, PredictResponse
@@ -13,6 +14,7 @@ from app.core.deps import SessionDep, TenantDep
 from app.core.problems import Problem
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
+MAX_IMAGES = 256
 PROBLEM = {"content": {"application/problem+json": {}}}
 
 
@@ -59,7 +61,8 @@ async def predict(
     started = time.perf_counter()
     blobs, k, cands = await _parse(request, top_k, candidates)
     t0 = time.perf_counter()
-    result = service.predict(session, tenant, classifier_id, blobs, k, cands)
+    # decoding and the forward pass run off the event loop, so other requests keep being served
+    result = await run_in_threadpool(service.predict, session, tenant, classifier_id, blobs, k, cands)
     done = time.perf_counter()
     timing = f"predict;dur={1000 * (done - t0):.2f}, handler;dur={1000 * (done - started):.2f}"
     return JSONResponse(result.model_dump(mode="json"), headers={"Server-Timing": timing})
@@ -74,6 +77,10 @@ async def _parse(request: Request, top_k: int | None, candidates: str | None):
         if not files:
             raise Problem(422, "Invalid request", "send the images as multipart fields named 'files'")
         blobs = [await f.read() for f in files if hasattr(f, "read")]
+        if not blobs:
+            raise Problem(422, "Invalid request", "the 'files' fields hold no files")
+        if len(blobs) > MAX_IMAGES:
+            raise Problem(413, "Too many images", f"{len(blobs)} images; the limit is {MAX_IMAGES} per request")
         cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
         return blobs, top_k or 5, cands
     if ctype != "application/json":

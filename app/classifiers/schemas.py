@@ -24,7 +24,7 @@ class PredictRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"images": ["iVBORw0KGgo..."], "top_k": 3, "candidates": ["coat", "shirt"]}]},
     )
-    images: list[str] = Field(min_length=1, max_length=256, description="image files, base64")
+    images: list[str] = Field(min_length=1, max_length=256, description="image files, base64 (at most 256)")
     top_k: int = Field(5, ge=1, le=1000)
     candidates: list[str] | None = Field(None, description="restrict the answer to these classes")
 

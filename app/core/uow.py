@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 _KEY = "candor_after_commit"
+log = logging.getLogger("candor.uow")
 
 
 def after_commit(session: Session, fn: Callable[[], None]) -> None:
@@ -19,7 +21,10 @@ def after_commit(session: Session, fn: Callable[[], None]) -> None:
 def _run_after_commit(session: Session) -> None:
     pending = session.info.pop(_KEY, [])
     for fn in pending:
-        fn()
+        try:
+            fn()
+        except Exception:  # the commit stands; one failed send must not stop the others
+            log.exception("after-commit callback %r failed", fn)
 
 
 @event.listens_for(Session, "after_rollback")

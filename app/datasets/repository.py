@@ -65,8 +65,16 @@ def page_items(session: Session, dataset_id: uuid.UUID, after_seq: int, limit: i
     return session.scalars(stmt).all()
 
 
-def dataset_items(session: Session, dataset_id: uuid.UUID) -> Sequence[Item]:
-    return session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)).all()
+def dataset_items(session: Session, dataset_id: uuid.UUID, seq_max: int | None = None) -> Sequence[Item]:
+    """The dataset's items in upload order; with ``seq_max``, only those a job was created with."""
+    stmt = select(Item).where(Item.dataset_id == dataset_id)
+    if seq_max is not None:
+        stmt = stmt.where(Item.seq <= seq_max)
+    return session.scalars(stmt.order_by(Item.seq)).all()
+
+
+def max_item_seq(session: Session, dataset_id: uuid.UUID) -> int:
+    return session.scalar(select(func.max(Item.seq)).where(Item.dataset_id == dataset_id)) or 0
 
 
 def image_bytes(session: Session, tenant_id: uuid.UUID, hashes: Sequence[str]) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.core import idempotency
 from app.core.deps import SessionDep, TenantDep
@@ -96,8 +97,8 @@ async def import_zip(
 ):
     """Import a ZIP sent as the request body (`Content-Type: application/zip`): `manifest.jsonl`
     (one `{id, image, candidates}` a line, image paths relative to it) and the images; or an
-    ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk."""
-    ds = service.require_dataset(session, tenant, dataset_id)
+    ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk; no
+    database transaction is open while the body arrives."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
         raise Problem(415, "Unsupported Media Type", "send the ZIP as the body with Content-Type: application/zip")
@@ -105,7 +106,6 @@ async def import_zip(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "Upload too large", f"the upload is {declared} bytes; the limit is {limit}")
-    route = f"POST /v1/datasets/{dataset_id}/imports"
     with tempfile.TemporaryFile() as tmp:
         size = 0
         digest = hashlib.sha256()
@@ -115,17 +115,23 @@ async def import_zip(
                 raise Problem(413, "Upload too large", f"the upload exceeds the limit of {limit} bytes")
             digest.update(chunk)
             tmp.write(chunk)
-        fp = idempotency.fingerprint(route, digest.hexdigest())
-        replayed = idempotency.replay(session, tenant, key, route, fp)
-        if replayed is not None:
-            return replayed
         tmp.seek(0)
-        try:
-            zf = zipfile.ZipFile(tmp)
-        except zipfile.BadZipFile as exc:
-            raise Problem(422, "Upload rejected", "the upload is not a ZIP file") from exc
-        with zf:
-            return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
+        return await run_in_threadpool(_import, session, tenant, dataset_id, tmp, digest.hexdigest(), key)
+
+
+def _import(session, tenant, dataset_id: uuid.UUID, tmp, digest: str, key: str | None) -> JSONResponse:
+    ds = service.require_dataset(session, tenant, dataset_id)
+    route = f"POST /v1/datasets/{dataset_id}/imports"
+    fp = idempotency.fingerprint(route, digest)
+    replayed = idempotency.replay(session, tenant, key, route, fp)
+    if replayed is not None:
+        return replayed
+    try:
+        zf = zipfile.ZipFile(tmp)
+    except zipfile.BadZipFile as exc:
+        raise Problem(422, "Upload rejected", "the upload is not a ZIP file") from exc
+    with zf:
+        return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
 
 
 @router.get("/{dataset_id}/items", response_model=ItemPage, responses={404: PROBLEM})

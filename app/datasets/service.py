@@ -12,11 +12,13 @@ import binascii
 import json
 import uuid
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.problems import Problem, not_found
@@ -147,7 +149,11 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             pending = []
     repo.insert_images(session, pending)
     session.add_all(Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c) for inc, sha, c in new)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Problem(409, "Conflict", "another request is storing some of these items; retry it") from exc
     done = [o for o in outcomes if o is not None]
     return IngestResult(
         created=sum(o.status == "created" for o in done),
@@ -213,8 +219,11 @@ def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
                     raise InputError(f"no image for id {iid!r}: give 'image' or one file named after the id")
                 if p not in available:
                     raise InputError(f"image {img!r} is not in the ZIP")
-                with zf.open(p) as fh:
-                    return fh.read(get_settings().max_image_bytes + 1)
+                try:
+                    with zf.open(p) as fh:
+                        return fh.read(get_settings().max_image_bytes + 1)
+                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError) as exc:
+                    raise InputError(f"ZIP member {p!r} cannot be read ({type(exc).__name__}: {exc})") from exc
 
             out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
     return out

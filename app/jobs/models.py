@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, JSONType, new_id, utcnow
@@ -21,6 +21,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     backbone_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    item_seq_max: Mapped[int] = mapped_column(BigInteger, default=0)  # the job's items: seq <= this
     chunks_total: Mapped[int] = mapped_column(Integer, default=0)
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, deferred=True)
@@ -76,9 +77,11 @@ def result_dict(row: JobResult) -> dict:
 
 
 class FeatureRow(Base):
-    """Image features cached per (backbone id, view, image sha256)."""
+    """Image features cached per (tenant, backbone id, view, image sha256). Scoped to the tenant like
+    the images themselves, so a job's progress never reveals what another tenant has uploaded."""
 
     __tablename__ = "features"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     backbone_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     view: Mapped[str] = mapped_column(String(16), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -17,6 +17,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
@@ -104,7 +105,7 @@ def start_job(jid: uuid.UUID) -> None:
             progress={"stage": "featurizing", "done": 0, "total": 0},
         )  # fmt: skip
         cfg = CleanConfig.model_validate(job.config)
-        dataset_id = job.dataset_id
+        dataset_id, tenant_id, seq_max = job.dataset_id, job.tenant_id, job.item_seq_max
         if not claimed:
             if job.state != states.FEATURIZING:
                 return  # a redelivery after the job moved on
@@ -119,13 +120,22 @@ def start_job(jid: uuid.UUID) -> None:
             if planned:
                 return
     backbone = get_backbone(cfg.backbone)  # may take a while; the job already shows 'featurizing'
+    try:
+        _plan(jid, cfg, backbone, dataset_id, tenant_id, seq_max)
+    except IntegrityError:
+        log.info("job %s: another delivery planned the chunks first", jid)
+
+
+def _plan(jid: uuid.UUID, cfg: CleanConfig, backbone, dataset_id, tenant_id, seq_max: int) -> None:
+    """Chunk the images that have no cached features; a concurrent duplicate fails on the chunk keys."""
     with session_scope() as session:
-        items = datasets_repo.dataset_items(session, dataset_id)
+        items = datasets_repo.dataset_items(session, dataset_id, seq_max)
         hashes = list(dict.fromkeys(i.image_sha256 for i in items))
-        missing = repo.missing_features(session, backbone.id, cfg.features.view, hashes)
+        missing = repo.missing_features(session, tenant_id, backbone.id, cfg.features.view, hashes)
         size = get_settings().feature_chunk_size
         chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
         session.add_all(JobChunk(job_id=jid, index=i, hashes=c) for i, c in enumerate(chunks))
+        session.flush()
         session.execute(
             update(Job)
             .where(Job.id == jid, Job.state == states.FEATURIZING)
@@ -146,6 +156,8 @@ def start_job(jid: uuid.UUID) -> None:
 def _to_training(session: Session, jid: uuid.UUID) -> None:
     if states.transition(session, jid, states.TRAINING, progress={"stage": "training"}):
         after_commit(session, lambda: dispatch.send(dispatch.TRAIN, jid))
+    elif session.scalar(select(Job.state).where(Job.id == jid)) == states.CANCELLING:
+        _finish_cancel(session, jid)  # cancelled while the last chunk ran: nothing else would finish it
 
 
 @_step
@@ -166,7 +178,7 @@ def featurize_chunk(jid: uuid.UUID, index: int) -> None:
     featurize(
         backbone,
         refs,
-        repo.DbFeatureStore(get_sessionmaker()),
+        repo.DbFeatureStore(get_sessionmaker(), tenant_id),
         view=cfg.features.view,
         batch_size=cfg.features.batch_size,
     )
@@ -245,13 +257,13 @@ def train_job(jid: uuid.UUID) -> None:
         classes = list(dataset.classes)
         items = [
             (i.seq, i.external_id, i.image_sha256, list(i.candidates))
-            for i in datasets_repo.dataset_items(session, job.dataset_id)
+            for i in datasets_repo.dataset_items(session, job.dataset_id, job.item_seq_max)
         ]
         blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
         resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
         tenant_id, dataset_id = job.tenant_id, job.dataset_id
     backbone = get_backbone(cfg.backbone)
-    store = repo.DbFeatureStore(get_sessionmaker())
+    store = repo.DbFeatureStore(get_sessionmaker(), tenant_id)
     hashes = [sha for _, _, sha, _ in items]
     cached = store.get_many(backbone.id, cfg.features.view, hashes)
     missing = [h for h in hashes if h not in cached]

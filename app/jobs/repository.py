@@ -22,14 +22,19 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, limit: int = 100) -> Seque
     return session.scalars(stmt).all()
 
 
-def missing_features(session: Session, backbone_id: str, view: str, hashes: Sequence[str]) -> list[str]:
+def missing_features(
+    session: Session, tenant_id: uuid.UUID, backbone_id: str, view: str, hashes: Sequence[str]
+) -> list[str]:
     have: set[str] = set()
     for start in range(0, len(hashes), 1000):
         chunk = list(hashes[start : start + 1000])
         have.update(
             session.scalars(
                 select(FeatureRow.sha256).where(
-                    FeatureRow.backbone_id == backbone_id, FeatureRow.view == view, FeatureRow.sha256.in_(chunk)
+                    FeatureRow.tenant_id == tenant_id,
+                    FeatureRow.backbone_id == backbone_id,
+                    FeatureRow.view == view,
+                    FeatureRow.sha256.in_(chunk),
                 )
             )
         )
@@ -59,8 +64,9 @@ def mark_chunk_done(session: Session, job_id: uuid.UUID, index: int) -> tuple[in
 class DbFeatureStore:
     """The engine's FeatureStore protocol on the `features` table (float32 little-endian blobs)."""
 
-    def __init__(self, sessions: sessionmaker[Session]):
+    def __init__(self, sessions: sessionmaker[Session], tenant_id: uuid.UUID):
         self.sessions = sessions
+        self.tenant_id = tenant_id
 
     def get_many(self, backbone_id, view, hashes):
         out: dict[str, np.ndarray] = {}
@@ -70,7 +76,10 @@ class DbFeatureStore:
                 chunk = hashes[start : start + 1000]
                 rows = session.execute(
                     select(FeatureRow.sha256, FeatureRow.vector).where(
-                        FeatureRow.backbone_id == backbone_id, FeatureRow.view == view, FeatureRow.sha256.in_(chunk)
+                        FeatureRow.tenant_id == self.tenant_id,
+                        FeatureRow.backbone_id == backbone_id,
+                        FeatureRow.view == view,
+                        FeatureRow.sha256.in_(chunk),
                     )
                 )
                 for h, blob in rows:
@@ -81,7 +90,13 @@ class DbFeatureStore:
         if not features:
             return
         rows = [
-            {"backbone_id": backbone_id, "view": view, "sha256": h, "vector": np.asarray(v, dtype="<f4").tobytes()}
+            {
+                "tenant_id": self.tenant_id,
+                "backbone_id": backbone_id,
+                "view": view,
+                "sha256": h,
+                "vector": np.asarray(v, dtype="<f4").tobytes(),
+            }
             for h, v in features.items()
         ]
         with self.sessions() as session:

@@ -22,7 +22,8 @@ from app.ml.backbones import parse_spec
 
 def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
     ds = require_dataset(session, tenant, body.dataset_id)
-    if datasets_repo.count_items(session, ds.id) == 0:
+    seq_max = datasets_repo.max_item_seq(session, ds.id)
+    if seq_max == 0:
         raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")
     try:
         parse_spec(body.config.backbone)
@@ -34,6 +35,7 @@ def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
         state=states.QUEUED,
         config=body.config.model_dump(mode="json"),
         config_hash=body.config.digest(),
+        item_seq_max=seq_max,  # items added later belong to the next job
         progress={"stage": "queued"},
     )
     session.add(job)

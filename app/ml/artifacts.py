@@ -91,6 +91,7 @@ class Classifier:
         candidates: Sequence[str] | None = None,
     ) -> list[list[tuple[str, float]]]:
         self.check_backbone(backbone)
+        candidates = list(dict.fromkeys(candidates)) if candidates else None
         probs = self.probabilities(backbone.encode_images(images, view=self.view), candidates)
         k = min(top_k, len(candidates) if candidates else len(self.classes))
         top = probs.topk(k, dim=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -101,8 +101,9 @@ class SelectionConfig(_Frozen):
         "used only when at least 100 items would be held out)",
     )
     best_epoch: bool = Field(True, description="keep the epoch whose held-out estimated accuracy is highest")
-    predict_prior_weights: tuple[float, ...] = Field(
+    predict_prior_weights: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = Field(
         (0.0, 0.25, 0.5),
+        min_length=1,
         description="candidate weights of the handcrafted prior in the final posterior; the held-out "
         "estimate picks one ((0.0,) never mixes the prior in)",
     )

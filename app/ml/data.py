@@ -21,6 +21,8 @@ from PIL import Image
 
 from app.ml.features import ImageRef, decode_image, sha256_bytes
 
+MAX_CLASS_NAME = 255
+
 
 class InputError(ValueError):
     """Bad user input: the message names the item and the problem."""
@@ -34,6 +36,8 @@ def validate_classes(classes: Sequence[str]) -> list[str]:
     for i, name in enumerate(names):
         if not name:
             raise InputError(f"class {i + 1}: empty class name")
+        if len(name) > MAX_CLASS_NAME:
+            raise InputError(f"class {i + 1}: name longer than {MAX_CLASS_NAME} characters")
         if name in seen:
             raise InputError(f"class {i + 1}: duplicate class name {name!r}")
         seen.add(name)

@@ -38,13 +38,15 @@ class Progress:
     step: int
     steps: int
     loss: float
-    seconds: float
+    seconds: float  # since this run (re)started
+    start_epoch: int = 0  # epochs already done when it started (resume)
 
     @property
     def eta_seconds(self) -> float:
         done = self.epoch * self.steps + self.step
         total = self.epochs * self.steps
-        return self.seconds / max(done, 1) * (total - done)
+        done_here = done - self.start_epoch * self.steps
+        return self.seconds / max(done_here, 1) * (total - done)
 
 
 @dataclass
@@ -268,7 +270,9 @@ def train(
             bar.update(1)
             if hooks.on_step is not None:
                 hooks.on_step(
-                    Progress(epoch, cfg.train.epochs, step + 1, steps, losses[-1], time.monotonic() - started)
+                    Progress(
+                        epoch, cfg.train.epochs, step + 1, steps, losses[-1], time.monotonic() - started, start_epoch
+                    )
                 )
 
         cur_mask = objective.on_epoch_end(epoch, confidence, cur_mask)
