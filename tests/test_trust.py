@@ -44,6 +44,8 @@ def test_an_informative_prior_earns_trust_and_a_random_one_none():
     assert random_prior.weight == 0.0
     weak = prior_trust(model_with_accuracy(0.28, y, g), mask)
     assert 0.1 < weak.weight < informative.weight
+    squared = prior_trust(model_with_accuracy(0.28, y, g), mask, power=2.0)  # the product default
+    assert squared.weight == pytest.approx(weak.weight**2, rel=1e-6) and squared.weight < 0.06
 
 
 def test_uninformative_sets_give_no_trust():

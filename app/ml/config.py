@@ -69,6 +69,9 @@ class AlignmentConfig(_Frozen):
         description="cap the prior's weight by a label-free estimate of its accuracy (see docs/method.md); "
         "off = trust it as far as mix.prior_weight_max allows",
     )
+    trust_power: float = Field(
+        2.0, gt=0.0, le=4.0, description="auto trust: the cap is (excess accuracy of the prior) ** trust_power"
+    )
     mode: Literal["target", "extra_loss", "both"] = Field(
         "target",
         description="'target': the mixed posterior replaces the objective's own confidence update; "

@@ -198,7 +198,7 @@ def train(
     prior_logits = all_logits(feats, prior, scale)
 
     prior_post = F.softmax(prior_logits, dim=1)
-    trust = prior_trust(prior_post, mask.to(device).float())
+    trust = prior_trust(prior_post, mask.to(device).float(), power=cfg.alignment.trust_power)
     align = cfg.alignment
     mix = align.mix
     if align.auto_trust:

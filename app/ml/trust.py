@@ -61,15 +61,16 @@ class PriorTrust:
         return {"prior": self.estimate.to_dict(), "prior_weight_max": round(self.weight, 4)}
 
 
-def prior_trust(prior_posterior: torch.Tensor, mask: torch.Tensor, z: float = 2.0) -> PriorTrust:
+def prior_trust(prior_posterior: torch.Tensor, mask: torch.Tensor, z: float = 2.0, power: float = 1.0) -> PriorTrust:
     """The prior's weight cap: its estimated accuracy's excess over guessing (1/K), scaled to
-    [0, 1]; zero unless that excess is at least ``z`` standard errors."""
+    [0, 1] and raised to ``power`` (above 1, weak priors lose weight faster); zero unless that
+    excess is at least ``z`` standard errors."""
     k = mask.shape[1]
     est = estimate_accuracy(prior_posterior, mask)
     excess = est.accuracy - 1.0 / k
     if excess <= z * est.stderr:
         return PriorTrust(est, 0.0)
-    return PriorTrust(est, min(max(excess / (1.0 - 1.0 / k), 0.0), 1.0))
+    return PriorTrust(est, min(max(excess / (1.0 - 1.0 / k), 0.0), 1.0) ** power)
 
 
 def holdout_split(n: int, fraction: float, seed: int, minimum: int = 100) -> torch.Tensor:
