@@ -42,9 +42,10 @@ def test_an_informative_prior_earns_trust_and_a_random_one_none():
     assert informative.weight == pytest.approx((0.7 - 0.1) / 0.9, abs=0.05)
     random_prior = prior_trust(torch.rand(N, K, generator=g), mask)
     assert random_prior.weight == 0.0
-    weak = prior_trust(model_with_accuracy(0.28, y, g), mask)
+    weak_posterior = model_with_accuracy(0.28, y, g)
+    weak = prior_trust(weak_posterior, mask)
     assert 0.1 < weak.weight < informative.weight
-    squared = prior_trust(model_with_accuracy(0.28, y, g), mask, power=2.0)  # the product default
+    squared = prior_trust(weak_posterior, mask, power=2.0)  # the product default
     assert squared.weight == pytest.approx(weak.weight**2, rel=1e-6) and squared.weight < 0.06
 
 
