@@ -92,6 +92,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.ml.artifacts import Classifier
     from app.ml.backbones import load_backbone
+    from app.ml.data import InputError
     from app.ml.features import decode_image
 
     clf = Classifier.load(args.artifact)
@@ -99,8 +100,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.images:
         p = Path(path)
         if not p.is_file():
-            from app.ml.data import InputError
-
             raise InputError(f"image {path!r} does not exist")
         images.append(decode_image(p.read_bytes(), f"image {path!r}"))
     backbone = load_backbone(clf.backbone)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
+from app.core.db import utcnow
 from app.core.problems import Problem, not_found
 from app.core.security import TenantRef
 from app.core.uow import after_commit
@@ -55,16 +56,13 @@ def cancel_job(session: Session, tenant: TenantRef, job_id: uuid.UUID) -> Job:
     """Queued jobs are cancelled at once; running ones move to 'cancelling' and the worker stops
     between batches. Terminal jobs answer 409."""
     job = require_job(session, tenant, job_id)
-    from app.core.db import utcnow
-
-    if states.transition(session, job.id, states.CANCELLED, only_from={states.QUEUED}, cancel_requested_at=utcnow()):
-        pass
-    elif not states.transition(session, job.id, states.CANCELLING, cancel_requested_at=utcnow()):
-        session.refresh(job)
-        if job.state != states.CANCELLING:
-            raise Problem(409, "Conflict", f"job {job.id} is already {job.state}")
-    session.flush()
+    now = utcnow()
+    moved = states.transition(
+        session, job.id, states.CANCELLED, only_from={states.QUEUED}, cancel_requested_at=now
+    ) or states.transition(session, job.id, states.CANCELLING, cancel_requested_at=now)
     session.refresh(job)
+    if not moved and job.state != states.CANCELLING:
+        raise Problem(409, "Conflict", f"job {job.id} is already {job.state}")
     return job
 
 
