@@ -14,6 +14,12 @@ whose chosen label is the true one), mean ± std over the seeds, last epoch.
     python bench/quality.py --quick            # minutes: 2,000 training items, 1 seed, 5 epochs
     python bench/quality.py                    # 10,000 items, seeds 1 2 3, 10 epochs
     python bench/quality.py --quick --q 0.3 --bridge-n 500   # one point of the prior-strength sweep
+    python bench/quality.py --quick --q 0.3 --bridge-n 500 --bridge-target template   # the trap control
+    python bench/quality.py --quick --stopping 0.1 --objectives --out build/stop   # label-free stopping
+    python bench/quality.py --merge build/a build/b --out build/ab   # one table from runs split by q
+
+The training items are a prefix of one fixed draw of 10,000 (test: of the whole test split), so a
+quick run reuses the full run's cached features; the bridge's labelled slice is drawn outside it.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from app.ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, uniform_c
 from app.ml.engine import outputs  # noqa: E402
 from app.ml.features import ImageRef, SqliteFeatureStore, decode_image, featurize, sha256_bytes  # noqa: E402
 from app.ml.results import choice_within  # noqa: E402
-from app.ml.trainer import train  # noqa: E402
+from app.ml.trainer import Hooks, train  # noqa: E402
+
+DEFAULT_ROW = "Candor default (PRODEN + alignment, auto trust)"
+TRUE_ROW = "true labels (upper bound)"
 
 
 def refs(images: np.ndarray, prefix: str) -> list[ImageRef]:
@@ -52,14 +61,19 @@ def refs(images: np.ndarray, prefix: str) -> list[ImageRef]:
     return out
 
 
-def rows_for(objectives: list[str]) -> list[tuple[str, dict | None]]:
-    """(row name, config overrides); None marks the zero-shot rows."""
+def rows_for(objectives: list[str], epochs: int) -> list[tuple[str, dict | None]]:
+    """(row name, config overrides); None marks the zero-shot rows.
+
+    POP purifies the candidate sets after half the epochs: its product default (20 warm-up epochs)
+    is longer than these runs and would make it PRODEN.
+    """
     rows: list[tuple[str, dict | None]] = [("zero-shot", None), ("zero-shot, restricted to candidates", None)]
     for name in objectives:
-        rows.append((name.upper(), {"objective": {"name": name}, "alignment": {"enabled": False}}))
-        rows.append((f"{name.upper()} + alignment", {"objective": {"name": name}, "alignment": {"auto_trust": False}}))
-    rows.append(("Candor default (PRODEN + alignment, auto trust)", {}))
-    rows.append(("true labels (upper bound)", {"objective": {"name": "proden"}, "alignment": {"enabled": False}}))
+        objective = {"name": name, **({"pop_warmup": epochs // 2} if name == "pop" else {})}
+        rows.append((name.upper(), {"objective": objective, "alignment": {"enabled": False}}))
+        rows.append((f"{name.upper()} + alignment", {"objective": objective, "alignment": {"auto_trust": False}}))
+    rows.append((DEFAULT_ROW, {}))
+    rows.append((TRUE_ROW, {"objective": {"name": "proden"}, "alignment": {"enabled": False}}))
     return rows
 
 
@@ -94,6 +108,121 @@ def plot(results: dict, names: list[str], qs: list[float], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cell(vals: list[float]) -> str:
+    mean = 100 * statistics.mean(vals)
+    return f"{mean:.1f} ± {100 * statistics.stdev(vals):.1f}" if len(vals) > 1 else f"{mean:.1f}"
+
+
+def write_outputs(results: dict, names: list[str], qs: list[float], out: Path) -> None:
+    """table.md (mean ± std over seeds per q), results.json and quality.png under ``out``."""
+    header = "| method | " + " | ".join(f"q={q} test | q={q} disamb." for q in qs) + " |"
+    lines = [header, "|---|" + "---|---|" * len(qs)]
+    for name in names:
+        cells = []
+        for q in qs:
+            vals = results.get((name, q))
+            cells += [cell([v[0] for v in vals]), cell([v[1] for v in vals])] if vals else ["—", "—"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in results.items()}, indent=1) + "\n")
+    plot(results, names, qs, out / "quality.png")
+    verdicts = goals(results, names, qs)
+    if verdicts:
+        print()
+        print(verdicts)
+        (out / "goals.md").write_text(verdicts + "\n")
+    print(f"wrote {out / 'table.md'} and {out / 'quality.png'}")
+
+
+def goals(results: dict, names: list[str], qs: list[float]) -> str:
+    """The label-quality goals, cell by cell (means over seeds, percentage points)."""
+
+    def m(name: str, q: float, which: int) -> float | None:
+        vals = results.get((name, q))
+        return 100 * statistics.mean(v[which] for v in vals) if vals else None
+
+    plain = [n for n in names if n.isupper() and " + " not in n and not n.startswith("zero")]
+    lines = ["| goal | " + " | ".join(f"q = {q}" for q in qs) + " |", "|---|" + "---|" * len(qs)]
+    rows: dict[str, list[str]] = {}
+    for q in qs:
+        d = [m(DEFAULT_ROW, q, i) for i in (0, 1)]
+        t = [m(TRUE_ROW, q, i) for i in (0, 1)]
+        if d[0] is None:
+            return ""
+        verdict = []
+        for i in (0, 1):
+            refs_ = [x for x in (m("PRODEN", q, i), m("PRODEN + alignment", q, i)) if x is not None]
+            if refs_:
+                ok = d[i] >= max(refs_) - 1
+                verdict.append(f"{'met' if ok else '**missed**'} ({d[i]:.1f} vs {max(refs_):.1f})")
+        rows.setdefault("default ≥ max(PRODEN, PRODEN + alignment) − 1: test; disamb.", []).append(
+            "; ".join(verdict) or "—"
+        )
+        zr = m("zero-shot, restricted to candidates", q, 1)
+        rows.setdefault("default disamb. ≥ zero-shot restricted", []).append(
+            f"{'met' if d[1] >= zr else '**missed**'} ({d[1]:.1f} vs {zr:.1f})"
+        )
+        best = max(plain, key=lambda n: m(n, q, 1) or 0.0) if plain else None
+        if best:
+            b = m(best, q, 1)
+            rows.setdefault("default disamb. ≥ best plain objective", []).append(
+                f"{'met' if d[1] >= b else '**missed**'} ({d[1]:.1f} vs {best} {b:.1f})"
+            )
+        zs = m("zero-shot", q, 0)
+        if best and zs >= 60:
+            verdict = []
+            for i in (0, 1):
+                b, gap = m(best, q, i), t[i] - m(best, q, i)
+                share = (d[i] - b) / gap if gap > 0 else float("inf")
+                ok = gap <= 0 or share >= 0.5
+                verdict.append(f"{'met' if ok else '**missed**'} ({d[i] - b:+.1f} of {gap:.1f})")
+            rows.setdefault("closes half the gap best plain → true labels (prior ≥ 60%): test; disamb.", []).append(
+                "; ".join(verdict)
+            )
+        else:
+            rows.setdefault("closes half the gap best plain → true labels (prior ≥ 60%): test; disamb.", []).append(
+                f"n/a (prior {zs:.1f}%)"
+            )
+        if q == 0.3:
+            verdict = [f"{'met' if d[i] >= t[i] - 3 else '**missed**'} ({d[i]:.1f} vs {t[i]:.1f})" for i in (0, 1)]
+            rows.setdefault("within 3 points of true labels at q = 0.3: test; disamb.", []).append("; ".join(verdict))
+        else:
+            rows.setdefault("within 3 points of true labels at q = 0.3: test; disamb.", []).append("—")
+    lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def read_results(path: Path) -> dict:
+    raw = json.loads((path / "results.json").read_text())
+    return {(k.rsplit("|", 1)[0], float(k.rsplit("|", 1)[1])): v for k, v in raw.items()}
+
+
+def stopping_run(backbone, classes, f_train, f_test, y, y_test, mask, cfg) -> dict:
+    """Train with a held-out slice and the label-free epoch choice; score every epoch on test."""
+    per_epoch: list[dict] = []
+    n_ctx = cfg.prompt.n_ctx
+    encoder = backbone.prompt_encoder(classes, n_ctx)
+
+    def on_epoch_end(ck) -> None:
+        with torch.no_grad():
+            cf = encoder(ck.ctx)
+            test_acc = float(((f_test @ cf.T).argmax(dim=1) == y_test).float().mean())
+            post = (f_train @ cf.T * backbone.logit_scale).softmax(dim=1)
+            dis = float((choice_within(post, mask) == y).float().mean())
+        per_epoch.append(
+            {"epoch": ck.epoch, "test": test_acc, "disamb": dis, "est": ck.history[-1].get("holdout_accuracy_est")}
+        )
+
+    res = train(backbone, classes, f_train, mask, cfg, hooks=Hooks(on_epoch_end=on_epoch_end))
+    chosen = res.selection["selected_epoch"]
+    oracle = max(per_epoch, key=lambda r: r["test"])
+    return {"epochs": per_epoch, "chosen": chosen, "oracle": oracle["epoch"], "prior_weight": res.prior_weight}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -104,18 +233,42 @@ def main() -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--n-ctx", type=int, default=4)
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--objectives", nargs="*", default=list(OBJECTIVES))
     ap.add_argument("--out", default="build/quality")
+    ap.add_argument("--cache", default="build/quality/features.sqlite", help="image feature cache")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument(
         "--bridge-n", type=int, default=0, help="prior-strength sweep: fit the bridge on this many labelled images"
     )
+    ap.add_argument(
+        "--bridge-target",
+        choices=["names", "template"],
+        default="names",
+        help="text the bridge is fitted against: the bare class names, or the handcrafted template (the trap)",
+    )
+    ap.add_argument(
+        "--stopping",
+        type=float,
+        metavar="FRACTION",
+        help="also train the default with this share of items held out, and report the label-free epoch "
+        "choice against the oracle (test-best) epoch",
+    )
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from OUT/results.json")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine the results.json of these runs into OUT")
+    ap.add_argument("--features-only", action="store_true", help="fill the feature cache and stop")
     args = ap.parse_args()
-    if args.plot_only:
-        raw = json.loads((Path(args.out) / "results.json").read_text())
-        results = {(k.rsplit("|", 1)[0], float(k.rsplit("|", 1)[1])): v for k, v in raw.items()}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.plot_only or args.merge:
+        results: dict = {}
+        for d in args.merge or [args.out]:
+            results.update(read_results(Path(d)))
         names = list(dict.fromkeys(k[0] for k in results))
-        plot(results, names, sorted({k[1] for k in results}), Path(args.out) / "quality.png")
+        qs = sorted({k[1] for k in results})
+        if args.plot_only:
+            plot(results, names, qs, Path(args.out) / "quality.png")
+        else:
+            write_outputs(results, names, qs, Path(args.out))
         return 0
     n_train = args.n_train or (2000 if args.quick else 10000)
     n_test = args.n_test or (1000 if args.quick else 10000)
@@ -125,44 +278,59 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     backbone = load_backbone("offline")
-    store = SqliteFeatureStore(out / "features.sqlite")
+    Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
+    store = SqliteFeatureStore(Path(args.cache))
     tr_img, tr_lab = load_fashion_mnist("train")
     te_img, te_lab = load_fashion_mnist("test")
-    pick = np.random.default_rng(0).choice(len(tr_lab), n_train, replace=False)
-    tpick = np.random.default_rng(1).choice(len(te_lab), n_test, replace=False)
+    draw = np.random.default_rng(0).choice(len(tr_lab), max(n_train, 10000), replace=False)
+    pick = draw[:n_train]
+    tpick = np.random.default_rng(1).choice(len(te_lab), len(te_lab), replace=False)[:n_test]
     t0 = time.time()
     f_train = featurize(backbone, refs(tr_img[pick], "train"), store, view="invert", progress=True)
     f_test = featurize(backbone, refs(te_img[tpick], "test"), store, view="invert", progress=True)
     y, y_test = torch.from_numpy(tr_lab[pick]), torch.from_numpy(te_lab[tpick])
+    if args.bridge_n:
+        # The bridge's labelled slice: outside every candidate-labelled and test item; nested, so
+        # that the slice of n_pre = 50 is the start of that of 5,000.
+        rest = np.setdiff1d(np.arange(len(tr_lab)), draw)
+        fit = np.random.default_rng(2).choice(rest, max(args.bridge_n, 5000), replace=False)[: args.bridge_n]
+        f_fit = featurize(backbone, refs(tr_img[fit], "bridge"), store, view="invert", progress=True)
     print(f"features ready in {time.time() - t0:.0f} s", flush=True)
+    if args.features_only:
+        return 0
 
     classes = FASHION_MNIST_CLASSES
-    if args.bridge_n:
-        # Emulate a backbone whose pretraining saw this domain: a ridge map from the image features
-        # into the text space, fitted on a disjoint labelled slice against the bare class names
-        # (not the handcrafted template, which would make that template optimal by construction).
-        rest = np.setdiff1d(np.arange(len(tr_lab)), pick)
-        fit = np.random.default_rng(2).choice(rest, args.bridge_n, replace=False)
-        f_fit = featurize(backbone, refs(tr_img[fit], "bridge"), store, view="invert", progress=True)
-        targets = backbone.encode_texts(classes)[torch.from_numpy(tr_lab[fit])]
-        lam = 1.0
-        w = torch.linalg.solve(f_fit.T @ f_fit + lam * torch.eye(f_fit.shape[1]), f_fit.T @ targets)
-        f_train = torch.nn.functional.normalize(f_train @ w, dim=1)
-        f_test = torch.nn.functional.normalize(f_test @ w, dim=1)
-        out = out / f"bridge-{args.bridge_n}"
-        out.mkdir(parents=True, exist_ok=True)
     base = CleanConfig(backbone="offline").with_overrides(
         prompt={"n_ctx": args.n_ctx},
         train={"epochs": epochs, "batch_size": args.batch_size},
         features={"view": "invert"},
     )
+    if args.bridge_n:
+        # Emulate a backbone whose pretraining saw this domain: a ridge map from the image features
+        # into the text space, fitted on a labelled slice disjoint from every candidate-labelled and
+        # test item, against the bare class names. Fitted against the handcrafted template itself
+        # (--bridge-target template), that template becomes optimal by construction: the trap.
+        if args.bridge_target == "names":
+            text = backbone.encode_texts(classes)
+        else:
+            text = handcrafted_features(backbone, classes, base.templates)
+        targets = text[torch.from_numpy(tr_lab[fit])]
+        lam = 1.0
+        w = torch.linalg.solve(f_fit.T @ f_fit + lam * torch.eye(f_fit.shape[1]), f_fit.T @ targets)
+        f_train = torch.nn.functional.normalize(f_train @ w, dim=1)
+        f_test = torch.nn.functional.normalize(f_test @ w, dim=1)
+        suffix = "" if args.bridge_target == "names" else "-template"
+        out = out / f"bridge-{args.bridge_n}{suffix}"
+        out.mkdir(parents=True, exist_ok=True)
     prior = handcrafted_features(backbone, classes, base.templates)
     zs_train = (backbone.logit_scale * f_train @ prior.T).softmax(dim=1)
     zs_test_acc = float(((f_test @ prior.T).argmax(dim=1) == y_test).float().mean())
     print(f"zero-shot test accuracy of the prior: {100 * zs_test_acc:.1f}%", flush=True)
 
     results: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    rows = rows_for(args.objectives)
+    rows = rows_for(args.objectives, epochs)
+    stopping: dict[str, list[dict]] = {}
+    true_runs: dict[int, tuple] = {}
     for q in args.q:
         for seed in seeds:
             mask = torch.from_numpy(uniform_candidates(tr_lab[pick], len(classes), q, seed))
@@ -173,37 +341,61 @@ def main() -> int:
                     results.setdefault((name, q), []).append((zs_test_acc, float((dis == y).float().mean())))
                     continue
                 cfg = base.with_overrides(**overrides, train={"seed": seed})
-                m = torch.nn.functional.one_hot(y, len(classes)).float() if name.startswith("true") else mask
+                truth = name.startswith("true")
+                m = torch.nn.functional.one_hot(y, len(classes)).float() if truth else mask
                 t = time.time()
-                res = train(backbone, classes, f_train, m, cfg)
-                out_ = outputs(backbone, ids, classes, m, cfg, res)
-                test_acc = float((out_.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+                if truth and seed in true_runs:  # the same training at every q; only its disamb. differs
+                    res, test_acc = true_runs[seed]
+                else:
+                    res = train(backbone, classes, f_train, m, cfg)
+                    out_ = outputs(backbone, ids, classes, m, cfg, res)
+                    test_acc = float((out_.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+                    if truth:
+                        true_runs[seed] = (res, test_acc)
                 dis_acc = float((choice_within(res.posterior, mask) == y).float().mean())
                 results.setdefault((name, q), []).append((test_acc, dis_acc))
                 print(f"q={q} seed={seed} {name:<48} test {test_acc:.3f} disamb {dis_acc:.3f} "
                       f"({time.time() - t:.0f} s)", flush=True)  # fmt: skip
+            if args.stopping:
+                cfg = base.with_overrides(train={"seed": seed}, selection={"holdout_fraction": args.stopping})
+                run = stopping_run(backbone, classes, f_train, f_test, y, y_test, mask, cfg)
+                stopping.setdefault(str(q), []).append(run)
+                ep = {r["epoch"]: r["test"] for r in run["epochs"]}
+                print(f"q={q} seed={seed} stopping: chosen epoch {run['chosen']} (test {ep[run['chosen']]:.3f}),"
+                      f" oracle {run['oracle']} (test {ep[run['oracle']]:.3f}),"
+                      f" last (test {run['epochs'][-1]['test']:.3f})", flush=True)  # fmt: skip
 
-    def cell(vals: list[float]) -> str:
-        mean = 100 * statistics.mean(vals)
-        return f"{mean:.1f} ± {100 * statistics.stdev(vals):.1f}" if len(vals) > 1 else f"{mean:.1f}"
+    if stopping:
+        write_stopping(stopping, out)
+    write_outputs(results, [name for name, _ in rows], args.q, out)
+    return 0
 
-    header = "| method | " + " | ".join(f"q={q} test | q={q} disamb." for q in args.q) + " |"
-    lines = [header, "|---|" + "---|---|" * len(args.q)]
-    for name, _ in rows:
-        cells = []
-        for q in args.q:
-            vals = results[(name, q)]
-            cells += [cell([v[0] for v in vals]), cell([v[1] for v in vals])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+def write_stopping(stopping: dict[str, list[dict]], out: Path) -> None:
+    """stopping.md: per q, test and disambiguation accuracy at the chosen, oracle and last epochs."""
+    lines = [
+        "| q | chosen epochs | oracle epochs | prior weight | test: chosen | test: oracle | test: last "
+        "| disamb.: chosen | disamb.: oracle | disamb.: last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for q, runs in stopping.items():
+
+        def at(run: dict, epoch: int, key: str) -> float:
+            return next(r[key] for r in run["epochs"] if r["epoch"] == epoch)
+
+        cells = [", ".join(str(r[k]) for r in runs) for k in ("chosen", "oracle", "prior_weight")]
+        for key in ("test", "disamb"):
+            cells += [
+                cell([at(r, r["chosen"], key) for r in runs]),
+                cell([at(r, r["oracle"], key) for r in runs]),
+                cell([r["epochs"][-1][key] for r in runs]),
+            ]
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print()
     print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({f"{k[0]}|{k[1]}": v for k, v in results.items()}, indent=1) + "\n")
-
-    plot(results, [name for name, _ in rows], args.q, out / "quality.png")
-    print(f"wrote {out / 'table.md'} and {out / 'quality.png'}")
-    return 0
+    (out / "stopping.md").write_text(table + "\n")
+    (out / "stopping.json").write_text(json.dumps(stopping, indent=1) + "\n")
 
 
 if __name__ == "__main__":
