@@ -218,9 +218,15 @@ def stopping_run(backbone, classes, f_train, f_test, y, y_test, mask, cfg) -> di
         )
 
     res = train(backbone, classes, f_train, mask, cfg, hooks=Hooks(on_epoch_end=on_epoch_end))
-    chosen = res.selection["selected_epoch"]
-    oracle = max(per_epoch, key=lambda r: r["test"])
-    return {"epochs": per_epoch, "chosen": chosen, "oracle": oracle["epoch"], "prior_weight": res.prior_weight}
+    out_ = outputs(backbone, [str(i) for i in range(len(y))], classes, mask, cfg, res)
+    final_test = float((out_.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+    return {
+        "epochs": per_epoch,
+        "chosen": res.selection["selected_epoch"],
+        "oracle": max(per_epoch, key=lambda r: r["test"])["epoch"],
+        "prior_weight": res.prior_weight,
+        "final": {"test": final_test, "disamb": float((choice_within(res.posterior, mask) == y).float().mean())},
+    }
 
 
 def main() -> int:
@@ -375,8 +381,8 @@ def write_stopping(stopping: dict[str, list[dict]], out: Path) -> None:
     """stopping.md: per q, test and disambiguation accuracy at the chosen, oracle and last epochs."""
     lines = [
         "| q | chosen epochs | oracle epochs | prior weight | test: chosen | test: oracle | test: last "
-        "| disamb.: chosen | disamb.: oracle | disamb.: last |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| disamb.: chosen | disamb.: oracle | disamb.: last | job output (test / disamb.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for q, runs in stopping.items():
 
@@ -390,6 +396,7 @@ def write_stopping(stopping: dict[str, list[dict]], out: Path) -> None:
                 cell([at(r, r["oracle"], key) for r in runs]),
                 cell([r["epochs"][-1][key] for r in runs]),
             ]
+        cells.append(" / ".join(cell([r["final"][key] for r in runs]) for key in ("test", "disamb")))
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print()
