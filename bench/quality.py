@@ -273,8 +273,14 @@ def main() -> int:
         qs = sorted({k[1] for k in results})
         if args.plot_only:
             plot(results, names, qs, Path(args.out) / "quality.png")
-        else:
-            write_outputs(results, names, qs, Path(args.out))
+            return 0
+        write_outputs(results, names, qs, Path(args.out))
+        stopping: dict[str, list[dict]] = {}
+        for d in args.merge:
+            if (Path(d) / "stopping.json").exists():
+                stopping.update(json.loads((Path(d) / "stopping.json").read_text()))
+        if stopping:
+            write_stopping(stopping, Path(args.out))
         return 0
     n_train = args.n_train or (2000 if args.quick else 10000)
     n_test = args.n_test or (1000 if args.quick else 10000)
