@@ -16,7 +16,7 @@ whose chosen label is the true one), mean ± std over the seeds, last epoch.
     python bench/quality.py --quick --q 0.3 --bridge-n 500   # one point of the prior-strength sweep
     python bench/quality.py --quick --q 0.3 --bridge-n 500 --bridge-target template   # the trap control
     python bench/quality.py --quick --stopping 0.1 --objectives --out build/stop   # label-free stopping
-    python bench/quality.py --merge build/a build/b --out build/ab   # one table from runs split by q
+    python bench/quality.py --merge build/a build/b --out build/ab   # one table from runs split by q or seed
 
 The training items are a prefix of one fixed draw of 10,000 (test: of the whole test split), so a
 quick run reuses the full run's cached features; the bridge's labelled slice is drawn outside it.
@@ -267,8 +267,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.plot_only or args.merge:
         results: dict = {}
-        for d in args.merge or [args.out]:
-            results.update(read_results(Path(d)))
+        for d in args.merge or [args.out]:  # runs split by q or by seed
+            for key, vals in read_results(Path(d)).items():
+                results.setdefault(key, []).extend(vals)
         names = list(dict.fromkeys(k[0] for k in results))
         qs = sorted({k[1] for k in results})
         if args.plot_only:
@@ -278,7 +279,8 @@ def main() -> int:
         stopping: dict[str, list[dict]] = {}
         for d in args.merge:
             if (Path(d) / "stopping.json").exists():
-                stopping.update(json.loads((Path(d) / "stopping.json").read_text()))
+                for q, runs in json.loads((Path(d) / "stopping.json").read_text()).items():
+                    stopping.setdefault(q, []).extend(runs)
         if stopping:
             write_stopping(stopping, Path(args.out))
         return 0
