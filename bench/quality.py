@@ -46,6 +46,7 @@ from app.ml.engine import outputs  # noqa: E402
 from app.ml.features import ImageRef, SqliteFeatureStore, decode_image, featurize, sha256_bytes  # noqa: E402
 from app.ml.results import choice_within  # noqa: E402
 from app.ml.trainer import Hooks, train  # noqa: E402
+from app.ml.trust import prior_trust  # noqa: E402
 
 DEFAULT_ROW = "Candor default (PRODEN + alignment, auto trust)"
 TRUE_ROW = "true labels (upper bound)"
@@ -262,6 +263,7 @@ def main() -> int:
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from OUT/results.json")
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine the results.json of these runs into OUT")
     ap.add_argument("--features-only", action="store_true", help="fill the feature cache and stop")
+    ap.add_argument("--trust-only", action="store_true", help="print the prior's label-free trust per q and seed")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -349,6 +351,13 @@ def main() -> int:
         for seed in seeds:
             mask = torch.from_numpy(uniform_candidates(tr_lab[pick], len(classes), q, seed))
             ids = [str(i) for i in range(n_train)]
+            trust = prior_trust(zs_train, mask.float(), power=base.alignment.trust_power)
+            measured = 100 * float((zs_train.argmax(dim=1) == y).float().mean())
+            print(f"q={q} seed={seed} prior accuracy estimated from the sets {100 * trust.estimate.accuracy:.2f}%"
+                  f" ± {100 * trust.estimate.stderr:.2f} (measured {measured:.2f}%), weight cap {trust.weight:.4f}",
+                  flush=True)  # fmt: skip
+            if args.trust_only:
+                continue
             for name, overrides in rows:
                 if overrides is None:
                     dis = zs_train.argmax(dim=1) if name == "zero-shot" else choice_within(zs_train, mask)
@@ -379,6 +388,8 @@ def main() -> int:
                       f" oracle {run['oracle']} (test {ep[run['oracle']]:.3f}),"
                       f" last (test {run['epochs'][-1]['test']:.3f})", flush=True)  # fmt: skip
 
+    if args.trust_only:
+        return 0
     if stopping:
         write_stopping(stopping, out)
     write_outputs(results, [name for name, _ in rows], args.q, out)
