@@ -62,13 +62,18 @@ def refs(images: np.ndarray, prefix: str) -> list[ImageRef]:
     return out
 
 
-def rows_for(objectives: list[str], epochs: int) -> list[tuple[str, dict | None]]:
+def rows_for(
+    objectives: list[str], epochs: int, trust_powers: list[float] | None = None
+) -> list[tuple[str, dict | None]]:
     """(row name, config overrides); None marks the zero-shot rows.
 
     POP purifies the candidate sets after half the epochs: its product default (20 warm-up epochs)
-    is longer than these runs and would make it PRODEN.
+    is longer than these runs and would make it PRODEN. With ``trust_powers`` only the default is
+    trained, once per power of its trust cap (an experiment on the default, next to the zero-shot rows).
     """
     rows: list[tuple[str, dict | None]] = [("zero-shot", None), ("zero-shot, restricted to candidates", None)]
+    if trust_powers:
+        return rows + [(f"{DEFAULT_ROW}, trust_power = {p:g}", {"alignment": {"trust_power": p}}) for p in trust_powers]
     for name in objectives:
         objective = {"name": name, **({"pop_warmup": epochs // 2} if name == "pop" else {})}
         rows.append((name.upper(), {"objective": objective, "alignment": {"enabled": False}}))
@@ -263,6 +268,9 @@ def main() -> int:
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot from OUT/results.json")
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine the results.json of these runs into OUT")
     ap.add_argument("--features-only", action="store_true", help="fill the feature cache and stop")
+    ap.add_argument(
+        "--trust-power", type=float, nargs="+", help="train only the default, with each of these trust-cap powers"
+    )
     ap.add_argument("--trust-only", action="store_true", help="print the prior's label-free trust per q and seed")
     args = ap.parse_args()
     if args.threads:
@@ -344,7 +352,7 @@ def main() -> int:
     print(f"zero-shot test accuracy of the prior: {100 * zs_test_acc:.1f}%", flush=True)
 
     results: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    rows = rows_for(args.objectives, epochs)
+    rows = rows_for(args.objectives, epochs, args.trust_power)
     stopping: dict[str, list[dict]] = {}
     true_runs: dict[int, tuple] = {}
     for q in args.q:
