@@ -144,6 +144,13 @@ def write_outputs(results: dict, names: list[str], qs: list[float], out: Path) -
     print(f"wrote {out / 'table.md'} and {out / 'quality.png'}")
 
 
+GOAL_VS_ALIGN = "default ≥ max(PRODEN, PRODEN + alignment) − 1: test; disamb."
+GOAL_VS_PRIOR = "default disamb. ≥ zero-shot restricted"
+GOAL_VS_PLAIN = "default disamb. ≥ best plain objective"
+GOAL_HALF_GAP = "closes half the gap best plain → true labels (prior ≥ 60%): test; disamb."
+GOAL_NEAR_TRUE = "within 3 points of true labels at q = 0.3: test; disamb."
+
+
 def goals(results: dict, names: list[str], qs: list[float]) -> str:
     """The label-quality goals, cell by cell (means over seeds, percentage points)."""
 
@@ -151,53 +158,43 @@ def goals(results: dict, names: list[str], qs: list[float]) -> str:
         vals = results.get((name, q))
         return 100 * statistics.mean(v[which] for v in vals) if vals else None
 
+    def verdict(ok: bool, detail: str) -> str:
+        return f"{'met' if ok else '**missed**'} ({detail})"
+
     plain = [n for n in names if n.isupper() and " + " not in n and not n.startswith("zero")]
-    lines = ["| goal | " + " | ".join(f"q = {q}" for q in qs) + " |", "|---|" + "---|" * len(qs)]
-    rows: dict[str, list[str]] = {}
+    rows: dict[str, list[str]] = {
+        g: [] for g in (GOAL_VS_ALIGN, GOAL_VS_PRIOR, GOAL_VS_PLAIN, GOAL_HALF_GAP, GOAL_NEAR_TRUE)
+    }
     for q in qs:
         d = [m(DEFAULT_ROW, q, i) for i in (0, 1)]
         t = [m(TRUE_ROW, q, i) for i in (0, 1)]
         if d[0] is None:
             return ""
-        verdict = []
+        cells = []
         for i in (0, 1):
             refs_ = [x for x in (m("PRODEN", q, i), m("PRODEN + alignment", q, i)) if x is not None]
             if refs_:
-                ok = d[i] >= max(refs_) - 1
-                verdict.append(f"{'met' if ok else '**missed**'} ({d[i]:.1f} vs {max(refs_):.1f})")
-        rows.setdefault("default ≥ max(PRODEN, PRODEN + alignment) − 1: test; disamb.", []).append(
-            "; ".join(verdict) or "—"
-        )
+                cells.append(verdict(d[i] >= max(refs_) - 1, f"{d[i]:.1f} vs {max(refs_):.1f}"))
+        rows[GOAL_VS_ALIGN].append("; ".join(cells) or "—")
         zr = m("zero-shot, restricted to candidates", q, 1)
-        rows.setdefault("default disamb. ≥ zero-shot restricted", []).append(
-            f"{'met' if d[1] >= zr else '**missed**'} ({d[1]:.1f} vs {zr:.1f})"
-        )
+        rows[GOAL_VS_PRIOR].append(verdict(d[1] >= zr, f"{d[1]:.1f} vs {zr:.1f}"))
         best = max(plain, key=lambda n: m(n, q, 1) or 0.0) if plain else None
-        if best:
-            b = m(best, q, 1)
-            rows.setdefault("default disamb. ≥ best plain objective", []).append(
-                f"{'met' if d[1] >= b else '**missed**'} ({d[1]:.1f} vs {best} {b:.1f})"
-            )
+        rows[GOAL_VS_PLAIN].append(
+            verdict(d[1] >= m(best, q, 1), f"{d[1]:.1f} vs {best} {m(best, q, 1):.1f}") if best else "—"
+        )
         zs = m("zero-shot", q, 0)
         if best and zs >= 60:
-            verdict = []
+            cells = []
             for i in (0, 1):
-                b, gap = m(best, q, i), t[i] - m(best, q, i)
-                share = (d[i] - b) / gap if gap > 0 else float("inf")
-                ok = gap <= 0 or share >= 0.5
-                verdict.append(f"{'met' if ok else '**missed**'} ({d[i] - b:+.1f} of {gap:.1f})")
-            rows.setdefault("closes half the gap best plain → true labels (prior ≥ 60%): test; disamb.", []).append(
-                "; ".join(verdict)
-            )
+                b = m(best, q, i)
+                gap = t[i] - b
+                cells.append(verdict(gap <= 0 or (d[i] - b) / gap >= 0.5, f"{d[i] - b:+.1f} of {gap:.1f}"))
+            rows[GOAL_HALF_GAP].append("; ".join(cells))
         else:
-            rows.setdefault("closes half the gap best plain → true labels (prior ≥ 60%): test; disamb.", []).append(
-                f"n/a (prior {zs:.1f}%)"
-            )
-        if q == 0.3:
-            verdict = [f"{'met' if d[i] >= t[i] - 3 else '**missed**'} ({d[i]:.1f} vs {t[i]:.1f})" for i in (0, 1)]
-            rows.setdefault("within 3 points of true labels at q = 0.3: test; disamb.", []).append("; ".join(verdict))
-        else:
-            rows.setdefault("within 3 points of true labels at q = 0.3: test; disamb.", []).append("—")
+            rows[GOAL_HALF_GAP].append(f"n/a (prior {zs:.1f}%)")
+        near = [verdict(d[i] >= t[i] - 3, f"{d[i]:.1f} vs {t[i]:.1f}") for i in (0, 1)]
+        rows[GOAL_NEAR_TRUE].append("; ".join(near) if q == 0.3 else "—")
+    lines = ["| goal | " + " | ".join(f"q = {q}" for q in qs) + " |", "|---|" + "---|" * len(qs)]
     lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
     return "\n".join(lines)
 
@@ -210,8 +207,7 @@ def read_results(path: Path) -> dict:
 def stopping_run(backbone, classes, f_train, f_test, y, y_test, mask, cfg) -> dict:
     """Train with a held-out slice and the label-free epoch choice; score every epoch on test."""
     per_epoch: list[dict] = []
-    n_ctx = cfg.prompt.n_ctx
-    encoder = backbone.prompt_encoder(classes, n_ctx)
+    encoder = backbone.prompt_encoder(classes, cfg.prompt.n_ctx)
 
     def on_epoch_end(ck) -> None:
         with torch.no_grad():
@@ -411,11 +407,11 @@ def write_stopping(stopping: dict[str, list[dict]], out: Path) -> None:
         "| disamb.: chosen | disamb.: oracle | disamb.: last | job output (test / disamb.) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def at(run: dict, epoch: int, key: str) -> float:
+        return next(r[key] for r in run["epochs"] if r["epoch"] == epoch)
+
     for q, runs in stopping.items():
-
-        def at(run: dict, epoch: int, key: str) -> float:
-            return next(r[key] for r in run["epochs"] if r["epoch"] == epoch)
-
         cells = [", ".join(str(r[k]) for r in runs) for k in ("chosen", "oracle", "prior_weight")]
         for key in ("test", "disamb"):
             cells += [
