@@ -52,6 +52,11 @@ DEFAULT_ROW = "Candor default (PRODEN + alignment, auto trust)"
 TRUE_ROW = "true labels (upper bound)"
 
 
+def share_right(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of predictions equal to the truth."""
+    return float((pred == truth).float().mean())
+
+
 def refs(images: np.ndarray, prefix: str) -> list[ImageRef]:
     out = []
     for i, arr in enumerate(images):
@@ -212,22 +217,22 @@ def stopping_run(backbone, classes, f_train, f_test, y, y_test, mask, cfg) -> di
     def on_epoch_end(ck) -> None:
         with torch.no_grad():
             cf = encoder(ck.ctx)
-            test_acc = float(((f_test @ cf.T).argmax(dim=1) == y_test).float().mean())
+            test_acc = share_right((f_test @ cf.T).argmax(dim=1), y_test)
             post = (f_train @ cf.T * backbone.logit_scale).softmax(dim=1)
-            dis = float((choice_within(post, mask) == y).float().mean())
+            dis = share_right(choice_within(post, mask), y)
         per_epoch.append(
             {"epoch": ck.epoch, "test": test_acc, "disamb": dis, "est": ck.history[-1].get("holdout_accuracy_est")}
         )
 
     res = train(backbone, classes, f_train, mask, cfg, hooks=Hooks(on_epoch_end=on_epoch_end))
     out_ = outputs(backbone, [str(i) for i in range(len(y))], classes, mask, cfg, res)
-    final_test = float((out_.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+    final_test = share_right(out_.classifier.probabilities(f_test).argmax(dim=1), y_test)
     return {
         "epochs": per_epoch,
         "chosen": res.selection["selected_epoch"],
         "oracle": max(per_epoch, key=lambda r: r["test"])["epoch"],
         "prior_weight": res.prior_weight,
-        "final": {"test": final_test, "disamb": float((choice_within(res.posterior, mask) == y).float().mean())},
+        "final": {"test": final_test, "disamb": share_right(choice_within(res.posterior, mask), y)},
     }
 
 
@@ -344,7 +349,7 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
     prior = handcrafted_features(backbone, classes, base.templates)
     zs_train = (backbone.logit_scale * f_train @ prior.T).softmax(dim=1)
-    zs_test_acc = float(((f_test @ prior.T).argmax(dim=1) == y_test).float().mean())
+    zs_test_acc = share_right((f_test @ prior.T).argmax(dim=1), y_test)
     print(f"zero-shot test accuracy of the prior: {100 * zs_test_acc:.1f}%", flush=True)
 
     results: dict[tuple[str, float], list[tuple[float, float]]] = {}
@@ -356,7 +361,7 @@ def main() -> int:
             mask = torch.from_numpy(uniform_candidates(tr_lab[pick], len(classes), q, seed))
             ids = [str(i) for i in range(n_train)]
             trust = prior_trust(zs_train, mask.float(), power=base.alignment.trust_power)
-            measured = 100 * float((zs_train.argmax(dim=1) == y).float().mean())
+            measured = 100 * share_right(zs_train.argmax(dim=1), y)
             print(f"q={q} seed={seed} prior accuracy estimated from the sets {100 * trust.estimate.accuracy:.2f}%"
                   f" ± {100 * trust.estimate.stderr:.2f} (measured {measured:.2f}%), weight cap {trust.weight:.4f}",
                   flush=True)  # fmt: skip
@@ -365,7 +370,7 @@ def main() -> int:
             for name, overrides in rows:
                 if overrides is None:
                     dis = zs_train.argmax(dim=1) if name == "zero-shot" else choice_within(zs_train, mask)
-                    results.setdefault((name, q), []).append((zs_test_acc, float((dis == y).float().mean())))
+                    results.setdefault((name, q), []).append((zs_test_acc, share_right(dis, y)))
                     continue
                 cfg = base.with_overrides(**overrides, train={"seed": seed})
                 truth = name.startswith("true")
@@ -376,10 +381,10 @@ def main() -> int:
                 else:
                     res = train(backbone, classes, f_train, m, cfg)
                     out_ = outputs(backbone, ids, classes, m, cfg, res)
-                    test_acc = float((out_.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+                    test_acc = share_right(out_.classifier.probabilities(f_test).argmax(dim=1), y_test)
                     if truth:
                         true_runs[seed] = (res, test_acc)
-                dis_acc = float((choice_within(res.posterior, mask) == y).float().mean())
+                dis_acc = share_right(choice_within(res.posterior, mask), y)
                 results.setdefault((name, q), []).append((test_acc, dis_acc))
                 print(f"q={q} seed={seed} {name:<48} test {test_acc:.3f} disamb {dis_acc:.3f} "
                       f"({time.time() - t:.0f} s)", flush=True)  # fmt: skip
