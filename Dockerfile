@@ -7,10 +7,9 @@ WORKDIR /srv/candor
 
 # torch + torchvision first (large, pinned together), then the project.
 RUN pip install torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
-COPY migrations ./migrations
 RUN pip install . && useradd --create-home candor
 USER candor
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+# The migrations ship inside the package, so an installed wheel migrates without the source tree.
+MIGRATIONS = files("app.migrations")
 
 
 def alembic_config(url: str | None = None, connection=None) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg = Config(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["configure_logger"] = False
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -32,6 +32,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lease: whatever works on the job renews heartbeat_at; the reaper drives on a job whose
+    # heartbeat is older than the lease. Training also takes the lease by owner token (fencing).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class JobChunk(Base):
@@ -42,6 +46,7 @@ class JobChunk(Base):
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     hashes: Mapped[list] = mapped_column(JSONType)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # deliveries started
 
 
 class JobResult(Base):
