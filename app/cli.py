@@ -118,17 +118,38 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def service_settings(args: argparse.Namespace):
+    """The settings `serve`, `keys create` and `db upgrade` share: `--embedded` switches to embedded mode
+    (SQLite in CANDOR_DATA_DIR) exactly as CANDOR_EMBEDDED=1 does, so the same flags and environment
+    always name the same database."""
     if args.embedded:
         os.environ["CANDOR_EMBEDDED"] = "1"
-    import uvicorn
-
-    from app.core.migrate import upgrade
     from app.core.settings import get_settings
 
+    get_settings.cache_clear()
     settings = get_settings()
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def database_label(url: str) -> str:
+    """Where a database URL points, fit to print: the file of a SQLite database, else the URL without
+    its password."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {parsed.database}"
+    return parsed.set(password=None).render_as_string(hide_password=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = service_settings(args)
+    import uvicorn
+
+    from app.core.migrate import upgrade
+
     if not args.no_migrate:
         upgrade(settings.effective_database_url)
     from app.main import create_app
@@ -150,28 +171,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    settings = service_settings(args)
     from app.core.db import session_scope
     from app.core.migrate import upgrade
     from app.core.security import create_key
-    from app.core.settings import get_settings
 
-    settings = get_settings()
-    if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
+    url = settings.effective_database_url
+    upgrade(url)
     with session_scope() as session:
         tenant, key = create_key(session, args.tenant)
-        print(f"tenant {tenant.name} ({tenant.id}); this key is shown once:", file=sys.stderr)
+        print(f"tenant {tenant.name} ({tenant.id}) in {database_label(url)}; this key is shown once:", file=sys.stderr)
     print(key)
     return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = service_settings(args)
     from app.core.migrate import upgrade
-    from app.core.settings import get_settings
 
-    upgrade(get_settings().effective_database_url)
-    print("database is at the latest migration", file=sys.stderr)
+    url = settings.effective_database_url
+    upgrade(url)
+    print(f"{database_label(url)} is at the latest migration", file=sys.stderr)
     return 0
 
 
@@ -228,11 +248,13 @@ def parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     kc = keys_sub.add_parser("create", help="create a key for a tenant (created if new); prints it once")
     kc.add_argument("--tenant", required=True)
+    kc.add_argument("--embedded", action="store_true", help="write to the database `candor serve --embedded` reads")
     kc.set_defaults(func=cmd_keys_create)
 
     db = sub.add_parser("db", help="database")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     du = db_sub.add_parser("upgrade", help="apply all migrations")
+    du.add_argument("--embedded", action="store_true", help="migrate the database `candor serve --embedded` uses")
     du.set_defaults(func=cmd_db_upgrade)
     return p
 
