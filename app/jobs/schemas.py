@@ -45,7 +45,10 @@ class JobOut(BaseModel):
     config_hash: str
     progress: JobProgress
     error: str | None
-    attempt: int
+    attempt: int = Field(description="deliveries of the job so far: 1, plus one each time the reaper drove it on")
+    heartbeat_at: datetime | None = Field(
+        None, description="the last sign of life from whatever works on the job; the reaper acts when it is stale"
+    )
     classifier_id: uuid.UUID | None = None
     metrics: dict | None = None
     created_at: datetime

@@ -37,6 +37,7 @@ def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
         config=body.config.model_dump(mode="json"),
         config_hash=body.config.digest(),
         item_seq_max=seq_max,  # items added later belong to the next job
+        attempt=1,  # this first delivery; the reaper counts each one after it
         progress={"stage": "queued"},
     )
     session.add(job)
@@ -77,6 +78,7 @@ def job_out(session: Session, job: Job) -> JobOut:
         progress=JobProgress(**{k: v for k, v in (job.progress or {}).items() if k in JobProgress.model_fields}),
         error=job.error,
         attempt=job.attempt,
+        heartbeat_at=job.heartbeat_at,
         classifier_id=classifier_id,
         metrics=job.metrics,
         created_at=job.created_at,
