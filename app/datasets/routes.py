@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.core import idempotency
+from app.core import idempotency, pagination
 from app.core.deps import SessionDep, TenantDep
 from app.core.problems import Problem
 from app.core.settings import get_settings
@@ -144,7 +144,7 @@ def list_items(
 ):
     """Items in upload order, keyset-paginated: follow `next_cursor` until it is null."""
     ds = service.require_dataset(session, tenant, dataset_id)
-    rows = repo.page_items(session, ds.id, service.decode_cursor(cursor), limit)
+    rows = repo.page_items(session, ds.id, pagination.decode_seq(cursor), limit)
     more = len(rows) > limit
     rows = rows[:limit]
     return ItemPage(
@@ -152,5 +152,5 @@ def list_items(
             ItemOut(id=r.external_id, image_sha256=r.image_sha256, candidates=r.candidates, created_at=r.created_at)
             for r in rows
         ],
-        next_cursor=service.encode_cursor(rows[-1].seq) if more else None,
+        next_cursor=pagination.encode_seq(rows[-1].seq) if more else None,
     )

@@ -227,20 +227,3 @@ def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
 
             out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
     return out
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, value = raw.split(":", 1)
-        if kind != "s":
-            raise ValueError
-        return int(value)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise Problem(400, "Bad Request", f"invalid cursor {cursor!r}") from exc
