@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, JSONType, new_id, utcnow
@@ -22,8 +22,9 @@ class ImageBlob(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at", "id"),)  # newest-first pages
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     classes: Mapped[list] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -31,9 +32,12 @@ class Dataset(Base):
 
 class Item(Base):
     __tablename__ = "items"
-    __table_args__ = (UniqueConstraint("dataset_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "external_id"),
+        Index("ix_items_dataset_seq", "dataset_id", "seq"),  # keyset pages and a job's items in order
+    )
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     external_id: Mapped[str] = mapped_column(String(255))
     image_sha256: Mapped[str] = mapped_column(String(64))
     candidates: Mapped[list] = mapped_column(JSONType)

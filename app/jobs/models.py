@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, JSONType, new_id, utcnow
@@ -11,8 +11,9 @@ from app.core.db import Base, JSONType, new_id, utcnow
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),)  # newest-first pages
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     config: Mapped[dict] = mapped_column(JSONType)
@@ -52,7 +53,7 @@ class JobChunk(Base):
 class JobResult(Base):
     __tablename__ = "job_results"
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # items.seq
     external_id: Mapped[str] = mapped_column(String(255))
     label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
