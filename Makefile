@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services test lint demo bench-speed bench-service clean
+.PHONY: install data services compose-cli test lint demo bench-speed bench-service clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,11 +29,15 @@ data: $(FASHION)
 services:
 	scripts/services.sh
 
+# Debian's docker-compose parses docker-compose.yml without a Docker engine (tests/test_deploy.py).
+compose-cli:
+	command -v docker-compose >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install data services lint
+test: install data services compose-cli lint
 	$(PY) -m pytest
 
 demo: install data
