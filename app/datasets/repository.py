@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -54,10 +54,29 @@ def count_items(session: Session, dataset_id: uuid.UUID) -> int:
     return session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)) or 0
 
 
-def iter_candidates(session: Session, dataset_id: uuid.UUID) -> Iterable[list]:
-    stmt = select(Item.candidates).where(Item.dataset_id == dataset_id).execution_options(yield_per=2000)
-    for (cands,) in session.execute(stmt):
-        yield cands
+def _json_functions(session: Session) -> tuple:
+    """(array length, array elements as text) for the JSON columns on this database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.jsonb_array_length, func.jsonb_array_elements_text
+    return func.json_array_length, func.json_each
+
+
+def candidate_stats(session: Session, dataset_id: uuid.UUID) -> tuple[int, int, dict[str, int]]:
+    """(items, candidates over all items, how many candidate sets hold each class), computed by the
+    database: two aggregate queries whatever the dataset's size."""
+    length, elements = _json_functions(session)
+    count, total = session.execute(
+        select(func.count(), func.coalesce(func.sum(length(Item.candidates)), 0)).where(Item.dataset_id == dataset_id)
+    ).one()
+    cand = elements(Item.candidates).table_valued("value", name="cand")
+    hist = session.execute(
+        select(cand.c.value, func.count())
+        .select_from(Item)
+        .join(cand, true())
+        .where(Item.dataset_id == dataset_id)
+        .group_by(cand.c.value)
+    ).all()
+    return int(count), int(total), {str(c): int(n) for c, n in hist}
 
 
 def page_items(session: Session, dataset_id: uuid.UUID, after_seq: int, limit: int) -> Sequence[Item]:

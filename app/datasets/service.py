@@ -13,7 +13,6 @@ import json
 import uuid
 import zipfile
 import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -52,13 +51,7 @@ def require_dataset(session: Session, tenant: TenantRef, dataset_id: uuid.UUID) 
 
 
 def dataset_detail(session: Session, ds: Dataset) -> DatasetDetail:
-    hist: Counter[str] = Counter()
-    total = 0
-    n = 0
-    for cands in repo.iter_candidates(session, ds.id):
-        hist.update(cands)
-        total += len(cands)
-        n += 1
+    n, total, hist = repo.candidate_stats(session, ds.id)
     return DatasetDetail(
         id=ds.id,
         name=ds.name,
