@@ -158,6 +158,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_beat(args: argparse.Namespace) -> int:
+    from worker.celery_app import celery_app
+
+    # The in-memory scheduler: one periodic task, nothing worth a schedule file on disk.
+    celery_app.start(["beat", "--loglevel", args.log_level.upper(), "--scheduler", "celery.beat:Scheduler"])
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import celery_app
 
@@ -243,6 +251,10 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--concurrency", type=int, help="worker processes (gpu queue: always one, solo pool)")
     wk.add_argument("--log-level", default="info")
     wk.set_defaults(func=cmd_worker)
+
+    bt = sub.add_parser("beat", help="run the scheduler that sends the job reaper (one per deployment)")
+    bt.add_argument("--log-level", default="info")
+    bt.set_defaults(func=cmd_beat)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

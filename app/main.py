@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app import health
 from app.classifiers.routes import router as classifiers_router
 from app.core import problems
+from app.core.settings import get_settings
 from app.datasets.routes import router as datasets_router
 from app.jobs.routes import router as jobs_router
 
@@ -23,12 +27,27 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Embedded mode has no Celery beat: the reaper runs as a thread of this process."""
+    reaper_thread = None
+    if get_settings().embedded:
+        from app.jobs.reaper import ReaperThread
+
+        reaper_thread = ReaperThread()
+        reaper_thread.start()
+    yield
+    if reaper_thread is not None:
+        reaper_thread.stop()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Candor",
         version="1",
         description=DESCRIPTION,
         generate_unique_id_function=_operation_id,
+        lifespan=_lifespan,
     )
     problems.install(app)
     app.include_router(health.router)

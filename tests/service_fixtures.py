@@ -38,9 +38,13 @@ def database():
 class RecordingDispatcher:
     def __init__(self):
         self.sent: list[tuple] = []
+        self.waiting: set[str] = set()  # job ids the reaper should see as queued behind others
 
     def send(self, task, *args):
         self.sent.append((task, *args))
+
+    def waiting_jobs(self) -> set[str]:
+        return set(self.waiting)
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from app.jobs import states
 from tests.helpers import b64png, png_bytes
@@ -198,7 +199,8 @@ def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkey
     from app.jobs.models import Job
 
     sent = []
-    monkeypatch.setattr(dispatch, "get_dispatcher", lambda: type("D", (), {"send": lambda self, *a: sent.append(a)})())
+    recorder = type("D", (), {"send": lambda self, *a: sent.append(a), "waiting_jobs": lambda self: set()})()
+    monkeypatch.setattr(dispatch, "get_dispatcher", lambda: recorder)
     ds = upload(api, key, n=8)
     job_id = api.post(
         "/v1/jobs", json={"dataset_id": ds, "config": CONFIG | {"train": {"epochs": 4, "batch_size": 4}}}, headers=key
@@ -234,7 +236,24 @@ def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkey
 
     with session_scope() as s:
         job = s.get(Job, uuid.UUID(job_id))
-        assert job.state == "training" and job.checkpoint_meta["epoch"] == 2
+        assert job.state == "training" and job.checkpoint_meta["epoch"] == 2 and job.lease_owner
+    pipeline.train_job(job_id)  # a duplicate delivery while the lease is live does not train twice
+    assert [a for a in sent if a[0] == dispatch.TRAIN] == [(dispatch.TRAIN, job_id)]
+    # the dead worker's lease expires: the reaper hands the job to a new delivery
+    from app.core.settings import get_settings
+    from app.jobs import reaper
+
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(job_id))
+            .values(heartbeat_at=Job.heartbeat_at - timedelta(seconds=get_settings().job_lease_seconds + 1))
+        )
+    assert [(r.state, r.action) for r in reaper.reap()] == [("training", "redriven")]
+    assert sent[-1] == (dispatch.TRAIN, job_id)
+    with session_scope() as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        assert job.attempt == 2 and job.lease_owner is None and job.state == "training"
     epochs_run = []
     monkeypatch.setattr(
         pipeline,

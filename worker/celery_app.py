@@ -1,7 +1,11 @@
 """The Celery application: Redis broker, job state in the database, late acks, prefetch 1.
 
-Queues: ``cpu`` (job start, featurisation chunks; run as many workers as you like) and ``gpu``
-(training; one worker per GPU, ``--pool solo`` so CUDA initialises in the process that uses it).
+Queues: ``cpu`` (job start, featurisation chunks, the reaper; run as many workers as you like) and
+``gpu`` (training; one worker per GPU, ``--pool solo`` so CUDA initialises in the process that uses
+it). Every step is idempotent, so a message whose worker process was killed is put back on its
+queue (``task_reject_on_worker_lost`` with late acks, as Celery documents for idempotent tasks);
+a poison message is bounded by the per-chunk attempt count. ``candor beat`` sends the reaper task
+every ``CANDOR_REAPER_INTERVAL_SECONDS``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ settings = get_settings()
 celery_app = Celery("candor", broker=settings.broker_url, include=["worker.tasks"])
 celery_app.conf.update(
     task_acks_late=True,
-    task_reject_on_worker_lost=False,
+    task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     task_default_queue="cpu",
@@ -23,4 +27,11 @@ celery_app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_max_tasks_per_child=50,
+    beat_schedule={
+        "reap-stale-jobs": {
+            "task": "candor.reap_jobs",
+            "schedule": settings.reaper_interval_seconds,
+            "options": {"queue": "cpu", "expires": settings.reaper_interval_seconds},
+        }
+    },
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.jobs import dispatch, pipeline
+from app.jobs import dispatch, pipeline, reaper
 from worker.celery_app import celery_app
 
 
@@ -19,3 +19,8 @@ def featurize_chunk(job_id: str, index: int) -> None:
 @celery_app.task(name=dispatch.TRAIN)
 def train_job(job_id: str) -> None:
     pipeline.train_job(job_id)
+
+
+@celery_app.task(name=dispatch.REAP)
+def reap_jobs() -> int:
+    return len(reaper.reap())

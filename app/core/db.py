@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TypeVar
 
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.core.settings import get_settings
 
+log = logging.getLogger("candor.db")
+T = TypeVar("T")
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 NAMING = {
@@ -81,3 +88,26 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# Errors that say the database is unreachable for now (down, restarting, pool exhausted), not that
+# the statement is wrong: worth retrying.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def retry_db(fn: Callable[[], T], budget: float | None = None, what: str = "database work") -> T:
+    """Run ``fn``; on a transient database error retry with exponential backoff (0.5 s doubling to
+    10 s) until ``budget`` seconds (``CANDOR_DB_RETRY_SECONDS``) after the first failure, then re-raise."""
+    budget = get_settings().db_retry_seconds if budget is None else budget
+    deadline = None  # counted from the first failure: a long step may fail late and still retry
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except TRANSIENT_DB_ERRORS as exc:
+            deadline = deadline or time.monotonic() + budget
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

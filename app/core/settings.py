@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(6 * 3600, ge=60, description="Redis redelivery timeout; above the longest task")
     auth_cache_seconds: float = Field(10.0, ge=0.0, description="verified API keys are trusted this long")
     progress_interval: float = Field(1.0, ge=0.0, description="seconds between progress/cancel checks in training")
+    job_heartbeat_seconds: float = Field(
+        10.0, gt=0.0, description="a working step renews its job's lease at least this often"
+    )
+    job_lease_seconds: float = Field(
+        60.0, gt=0.0, description="a live job whose heartbeat is older than this is driven on by the reaper"
+    )
+    job_max_attempts: int = Field(3, ge=1, description="deliveries of a job (or a chunk) before it fails for good")
+    reaper_interval_seconds: float = Field(15.0, gt=0.0, description="how often the reaper looks for stale jobs")
+    db_retry_seconds: float = Field(
+        60.0, ge=0.0, description="workers retry database errors with backoff for this long before giving up"
+    )
 
     @property
     def effective_database_url(self) -> str:

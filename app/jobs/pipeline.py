@@ -3,7 +3,9 @@
 Each step is idempotent: it re-reads the job's state from the database, acts only when the state
 says the step is due, and enqueues the next step after its own commit. A redelivered message
 finds the work done (or the job terminal) and returns; a killed training task resumes from the
-last epoch's checkpoint.
+last epoch's checkpoint. Every step renews the job's lease while it runs (:mod:`app.jobs.leases`),
+so the reaper can tell a dead worker from a slow one, and retries database errors with backoff
+(``CANDOR_DB_RETRY_SECONDS``), so a job runs through a short database outage.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
-from app.core.db import get_sessionmaker, session_scope, utcnow
+from app.core.db import TRANSIENT_DB_ERRORS, get_sessionmaker, retry_db, session_scope, utcnow
 from app.core.registry import get_backbone
 from app.core.settings import get_settings
 from app.core.uow import after_commit
 from app.datasets import repository as datasets_repo
 from app.datasets.models import Dataset
-from app.jobs import dispatch, states
+from app.jobs import dispatch, leases, states
 from app.jobs import repository as repo
+from app.jobs.leases import Heartbeat, LeaseLost
 from app.jobs.models import Job, JobChunk, JobResult, result_row
 from app.ml.config import CleanConfig
 from app.ml.engine import outputs
@@ -42,41 +45,49 @@ def _job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def _stage(session: Session, job_id: uuid.UUID, stage: str) -> dict:
-    """The job's progress with a new stage; how far it got stays visible."""
-    progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
-    return {**progress, "stage": stage}
-
-
 def _finish_cancel(session: Session, job_id: uuid.UUID) -> None:
-    states.transition(session, job_id, states.CANCELLED, progress=_stage(session, job_id, "cancelled"))
+    states.finish(session, job_id, states.CANCELLED)
 
 
 def _fail(job_id: uuid.UUID, exc: BaseException) -> None:
     message = f"{type(exc).__name__}: {exc}"[:4000]
     log.error("job %s failed: %s", job_id, message)
     with session_scope() as session:
-        progress = _stage(session, job_id, "failed")
-        if not states.transition(session, job_id, states.FAILED, error=message, progress=progress):
+        if not states.finish(session, job_id, states.FAILED, error=message):
             job = _job(session, job_id)
             if job is not None and job.state == states.CANCELLING:
                 _finish_cancel(session, job_id)
 
 
-def _step(fn):
-    """A task body: failures are recorded on the job (then re-raised for the worker's log); a
-    cancelled training ends the job as cancelled."""
+def _cancel_now(jid: uuid.UUID) -> None:
+    with session_scope() as session:
+        _finish_cancel(session, jid)
+
+
+def _step(fn=None, *, beats: bool = True):
+    """A task body: it renews the job's lease while it runs (``beats``; training holds its own,
+    fenced lease), retries database outages with backoff, records failures on the job (then
+    re-raises them for the worker's log) and ends a cancelled training as cancelled. A step whose
+    job was handed to another delivery stops quietly. A failure that cannot be recorded (the
+    database stayed down) leaves the job to the reaper."""
+    if fn is None:
+        return functools.partial(_step, beats=beats)
 
     @functools.wraps(fn)
     def run(job_id: str, *args) -> None:
         jid = uuid.UUID(job_id)
         try:
-            fn(jid, *args)
+            if beats:
+                with Heartbeat(jid):
+                    retry_db(lambda: fn(jid, *args), what=f"job {jid}: {fn.__name__}")
+            else:
+                retry_db(lambda: fn(jid, *args), what=f"job {jid}: {fn.__name__}")
+        except LeaseLost:
+            log.info("job %s: %s stopped, the job was handed to another delivery", jid, fn.__name__)
         except Cancelled:
-            with session_scope() as session:
-                _finish_cancel(session, jid)
+            retry_db(lambda: _cancel_now(jid), what=f"job {jid}: cancel")
         except Exception as exc:
-            _fail(jid, exc)
+            retry_db(functools.partial(_fail, jid, exc), what=f"job {jid}: record failure")
             raise
 
     return run
@@ -101,7 +112,7 @@ def start_job(jid: uuid.UUID) -> None:
             _finish_cancel(session, jid)
             return
         claimed = states.transition(
-            session, jid, states.FEATURIZING, attempt=Job.attempt + 1, started_at=utcnow(),
+            session, jid, states.FEATURIZING, started_at=utcnow(),
             progress={"stage": "featurizing", "done": 0, "total": 0},
         )  # fmt: skip
         cfg = CleanConfig.model_validate(job.config)
@@ -154,7 +165,7 @@ def _plan(jid: uuid.UUID, cfg: CleanConfig, backbone, dataset_id, tenant_id, seq
 
 
 def _to_training(session: Session, jid: uuid.UUID) -> None:
-    if states.transition(session, jid, states.TRAINING, progress={"stage": "training"}):
+    if states.transition(session, jid, states.TRAINING, progress={"stage": "training"}, lease_owner=None):
         after_commit(session, lambda: dispatch.send(dispatch.TRAIN, jid))
     elif session.scalar(select(Job.state).where(Job.id == jid)) == states.CANCELLING:
         _finish_cancel(session, jid)  # cancelled while the last chunk ran: nothing else would finish it
@@ -171,6 +182,13 @@ def featurize_chunk(jid: uuid.UUID, index: int) -> None:
             return
         cfg = CleanConfig.model_validate(job.config)
         tenant_id, hashes = job.tenant_id, list(chunk.hashes)
+        chunk.attempts += 1
+        attempts, limit = chunk.attempts, get_settings().job_max_attempts
+    if attempts > limit:  # each earlier delivery died on this chunk (an out-of-memory kill, say)
+        raise RuntimeError(
+            f"featurisation chunk {index} was started {attempts} times and never finished; "
+            f"its worker died each time (limit CANDOR_JOB_MAX_ATTEMPTS={limit})"
+        )
     backbone = get_backbone(cfg.backbone)
     with session_scope() as session:
         blobs = datasets_repo.image_bytes(session, tenant_id, hashes)
@@ -196,14 +214,28 @@ def featurize_chunk(jid: uuid.UUID, index: int) -> None:
 
 
 class _JobHooks:
-    """Progress writes, cancel checks (both throttled) and per-epoch checkpoints in the database."""
+    """Progress writes, cancel and lease checks (both throttled) and per-epoch checkpoints in the
+    database, all made only while this delivery holds the job's lease. A database outage skips a
+    write instead of stopping the training; the next one catches up."""
 
-    def __init__(self, jid: uuid.UUID, interval: float):
+    def __init__(self, jid: uuid.UUID, interval: float, lease: Heartbeat):
         self.jid = jid
         self.interval = interval
+        self.lease = lease
         self._last_write = 0.0
         self._last_check = 0.0
         self._cancel = False
+
+    def _write(self, what: str, **values) -> None:
+        try:
+            with session_scope() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == self.jid, Job.state == states.TRAINING, Job.lease_owner == self.lease.owner)
+                    .values(**values)
+                )
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("job %s: %s not written (%s)", self.jid, what, type(exc).__name__)
 
     def on_step(self, p: Progress) -> None:
         now = time.monotonic()
@@ -219,38 +251,38 @@ class _JobHooks:
             "last_loss": round(p.loss, 6),
             "eta_seconds": round(p.eta_seconds, 1),
         }
-        with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.jid, Job.state == states.TRAINING)
-                .values(progress=progress, updated_at=utcnow())
-            )
+        self._write("progress", progress=progress, updated_at=utcnow())
 
     def should_cancel(self) -> bool:
+        if self.lease.lost:
+            raise LeaseLost()
         now = time.monotonic()
         if not self._cancel and now - self._last_check >= self.interval:
             self._last_check = now
-            with session_scope() as session:
-                state = session.scalar(select(Job.state).where(Job.id == self.jid))
-            self._cancel = state != states.TRAINING
+            try:
+                with session_scope() as session:
+                    row = session.execute(select(Job.state, Job.lease_owner).where(Job.id == self.jid)).one()
+            except TRANSIENT_DB_ERRORS:
+                return False  # asked again at the next check
+            if row.state == states.TRAINING and row.lease_owner != self.lease.owner:
+                raise LeaseLost()
+            self._cancel = row.state != states.TRAINING
         return self._cancel
 
     def on_epoch_end(self, ckpt: Checkpoint) -> None:
         tensors, meta = ckpt.tensors()
-        blob = safetensors.torch.save(tensors)
-        with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.jid, Job.state == states.TRAINING)
-                .values(checkpoint=blob, checkpoint_meta=meta)
-            )
+        self._write("checkpoint", checkpoint=safetensors.torch.save(tensors), checkpoint_meta=meta)
 
 
-@_step
+@_step(beats=False)
 def train_job(jid: uuid.UUID) -> None:
+    owner = leases.new_owner()
     with session_scope() as session:
         job = _due(session, jid, states.TRAINING)
         if job is None:
+            return
+        if not leases.claim_training(session, jid, owner):
+            log.info("job %s: another delivery holds a live lease on its training", jid)
             return
         cfg = CleanConfig.model_validate(job.config)
         dataset = session.get(Dataset, job.dataset_id)
@@ -274,22 +306,26 @@ def train_job(jid: uuid.UUID) -> None:
     mask = torch.zeros(len(items), len(classes))
     for row, (_, _, _, cands) in enumerate(items):
         mask[row, [index[c] for c in cands]] = 1.0
-    hooks = _JobHooks(jid, get_settings().progress_interval)
-    result = train(
-        backbone,
-        classes,
-        features,
-        mask,
-        cfg,
-        hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
-        resume=resume,
-    )
-    out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
+    with Heartbeat(jid, owner) as lease:
+        hooks = _JobHooks(jid, get_settings().progress_interval, lease)
+        result = train(
+            backbone,
+            classes,
+            features,
+            mask,
+            cfg,
+            hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
+            resume=resume,
+        )
+        out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
+        retry_db(lambda: _store(jid, owner, tenant_id, dataset_id, classes, items, out), what=f"job {jid}: results")
+
+
+def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str], items: list, out) -> None:
+    """Results, classifier and the terminal state in one transaction, by the lease's owner only."""
     classifier, metrics = out.classifier, out.metrics
     with session_scope() as session:
-        if not states.transition(
-            session, jid, states.SUCCEEDED, metrics=metrics, progress=_stage(session, jid, "succeeded"), checkpoint=None
-        ):
+        if not states.finish(session, jid, states.SUCCEEDED, owner=owner, metrics=metrics, checkpoint=None):
             state = session.scalar(select(Job.state).where(Job.id == jid))
             if state == states.CANCELLING:
                 _finish_cancel(session, jid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
@@ -30,8 +30,16 @@ def sources(to: str) -> list[str]:
     return [s for s, targets in TRANSITIONS.items() if to in targets]
 
 
-def transition(session: Session, job_id: uuid.UUID, to: str, only_from: set[str] | None = None, **values) -> bool:
-    """Move a job to ``to`` if its current state allows it (and is in ``only_from`` when given).
+def transition(
+    session: Session,
+    job_id: uuid.UUID,
+    to: str,
+    only_from: set[str] | None = None,
+    owner: str | None = None,
+    **values,
+) -> bool:
+    """Move a job to ``to`` if its current state allows it (and is in ``only_from`` when given, and
+    the lease is held by ``owner`` when given). A transition also renews the job's heartbeat.
 
     Returns False when another writer got there first: zero rows matched.
     """
@@ -40,10 +48,17 @@ def transition(session: Session, job_id: uuid.UUID, to: str, only_from: set[str]
         allowed = [s for s in allowed if s in only_from]
     now = utcnow()
     extra = {"finished_at": now} if to in TERMINAL else {}
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_(allowed))
-        .values(state=to, updated_at=now, **extra, **values)
-        .execution_options(synchronize_session=False)
+    stmt = update(Job).where(Job.id == job_id, Job.state.in_(allowed))
+    if owner is not None:
+        stmt = stmt.where(Job.lease_owner == owner)
+    stmt = stmt.values(state=to, updated_at=now, heartbeat_at=now, **extra, **values).execution_options(
+        synchronize_session=False
     )
     return session.execute(stmt).rowcount == 1
+
+
+def finish(session: Session, job_id: uuid.UUID, to: str, owner: str | None = None, **values) -> bool:
+    """The one way into a terminal state: the transition, with the progress's stage set to it."""
+    assert to in TERMINAL, to
+    progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
+    return transition(session, job_id, to, owner=owner, progress={**progress, "stage": to}, **values)
