@@ -87,7 +87,7 @@ def test_keys_are_stored_only_as_hashes(db, auth):
 
 def test_dataset_create_list_detail(client, auth):
     ds = new_dataset(client, auth)
-    assert [d["id"] for d in client.get("/v1/datasets", headers=auth).json()] == [ds]
+    assert [d["id"] for d in client.get("/v1/datasets", headers=auth).json()["items"]] == [ds]
     r = client.post(f"/v1/datasets/{ds}/items", json=batch(3), headers=auth)
     assert r.status_code == 201 and r.json()["created"] == 3
     client.post(
@@ -316,7 +316,7 @@ def test_idempotency_key(client, auth):
 def test_tenant_isolation(client, auth, other_auth):
     ds = new_dataset(client, auth)
     client.post(f"/v1/datasets/{ds}/items", json=batch(2), headers=auth)
-    assert client.get("/v1/datasets", headers=other_auth).json() == []
+    assert client.get("/v1/datasets", headers=other_auth).json() == {"items": [], "next_cursor": None}
     assert_problem(client.get(f"/v1/datasets/{ds}", headers=other_auth), 404)
     assert_problem(client.get(f"/v1/datasets/{ds}/items", headers=other_auth), 404)
     assert_problem(client.post(f"/v1/datasets/{ds}/items", json=batch(1), headers=other_auth), 404)

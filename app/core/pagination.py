@@ -30,9 +30,7 @@ _MAX_US = (datetime(9999, 12, 30, tzinfo=UTC) - EPOCH) // timedelta(microseconds
 MAX_CURSOR_CHARS = 200
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-Cursor = Annotated[
-    str | None, Query(max_length=MAX_CURSOR_CHARS, description="`next_cursor` of the previous page; omit for the first")
-]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page; omit for the first page")]
 
 T = TypeVar("T")
 
@@ -118,12 +116,12 @@ def newest_first(
     return stmt.order_by(created_at.desc(), row_id.desc()).limit(limit + 1)
 
 
-def page(rows: Sequence[Any], limit: int, cursor_of: Callable[[Any], str], convert: Callable[[Any], T]) -> Page[T]:
+def page(rows: Sequence[Any], limit: int, cursor_of: Callable[[Any], str], convert: Callable[[Any], Any]) -> Page:
     """The page of ``rows`` fetched with ``limit + 1``: at most ``limit`` items and the cursor
     after the last one when more rows exist."""
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page[T](items=[convert(r) for r in rows], next_cursor=cursor_of(rows[-1]) if more else None)
+    return Page(items=[convert(r) for r in rows], next_cursor=cursor_of(rows[-1]) if more else None)
 
 
 def time_id_cursor(row: Any) -> str:

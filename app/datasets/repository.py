@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, true
+from sqlalchemy import Row, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.core import jsonsql, pagination
 from app.datasets.models import Dataset, ImageBlob, Item
 
 
@@ -16,8 +17,16 @@ def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
 
 
-def list_datasets(session: Session, tenant_id: uuid.UUID) -> Sequence[Dataset]:
-    return session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)).all()
+def list_datasets(session: Session, tenant_id: uuid.UUID, cursor: str | None, limit: int) -> Sequence[Row]:
+    """A page of the tenant's datasets, newest first: (id, name, class_count, created_at); the class
+    lists themselves stay in the database."""
+    stmt = select(
+        Dataset.id,
+        Dataset.name,
+        jsonsql.array_length(session, Dataset.classes).label("class_count"),
+        Dataset.created_at,
+    ).where(Dataset.tenant_id == tenant_id)
+    return session.execute(pagination.newest_first(stmt, Dataset.created_at, Dataset.id, cursor, limit)).all()
 
 
 def items_by_external_id(session: Session, dataset_id: uuid.UUID, ids: Sequence[str]) -> dict[str, Item]:
@@ -54,21 +63,14 @@ def count_items(session: Session, dataset_id: uuid.UUID) -> int:
     return session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)) or 0
 
 
-def _json_functions(session: Session) -> tuple:
-    """(array length, array elements as text) for the JSON columns on this database."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.jsonb_array_length, func.jsonb_array_elements_text
-    return func.json_array_length, func.json_each
-
-
 def candidate_stats(session: Session, dataset_id: uuid.UUID) -> tuple[int, int, dict[str, int]]:
     """(items, candidates over all items, how many candidate sets hold each class), computed by the
     database: two aggregate queries whatever the dataset's size."""
-    length, elements = _json_functions(session)
+    length = jsonsql.array_length(session, Item.candidates)
     count, total = session.execute(
-        select(func.count(), func.coalesce(func.sum(length(Item.candidates)), 0)).where(Item.dataset_id == dataset_id)
+        select(func.count(), func.coalesce(func.sum(length), 0)).where(Item.dataset_id == dataset_id)
     ).one()
-    cand = elements(Item.candidates).table_valued("value", name="cand")
+    cand = jsonsql.array_elements(session, Item.candidates, "cand")
     hist = session.execute(
         select(cand.c.value, func.count())
         .select_from(Item)

@@ -6,12 +6,13 @@ import uuid
 import zipfile
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.core import idempotency, pagination
 from app.core.deps import SessionDep, TenantDep
+from app.core.pagination import Page
 from app.core.problems import Problem
 from app.core.settings import get_settings
 from app.datasets import repository as repo
@@ -20,6 +21,7 @@ from app.datasets.schemas import (
     DatasetCreate,
     DatasetDetail,
     DatasetOut,
+    DatasetSummary,
     IngestResult,
     ItemOut,
     ItemPage,
@@ -46,9 +48,14 @@ def create_dataset(body: DatasetCreate, session: SessionDep, tenant: TenantDep, 
     return JSONResponse(out, status_code=201, headers=headers)
 
 
-@router.get("", response_model=list[DatasetOut])
-def list_datasets(session: SessionDep, tenant: TenantDep):
-    return repo.list_datasets(session, tenant.id)
+@router.get("", response_model=Page[DatasetSummary], responses={400: PROBLEM})
+def list_datasets(
+    session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None
+):
+    """The tenant's datasets, newest first, as summaries (the class count, not the class list; the
+    detail route has the whole dataset). Keyset-paginated: follow `next_cursor` until it is null."""
+    rows = repo.list_datasets(session, tenant.id, cursor, limit)
+    return pagination.page(rows, limit, pagination.time_id_cursor, DatasetSummary.model_validate)
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail, responses={404: PROBLEM})
@@ -134,23 +141,22 @@ def _import(session, tenant, dataset_id: uuid.UUID, tmp, digest: str, key: str |
         return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
 
 
-@router.get("/{dataset_id}/items", response_model=ItemPage, responses={404: PROBLEM})
+@router.get("/{dataset_id}/items", response_model=ItemPage, responses={400: PROBLEM, 404: PROBLEM})
 def list_items(
     dataset_id: uuid.UUID,
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    limit: pagination.Limit = 100,
+    cursor: pagination.Cursor = None,
 ):
     """Items in upload order, keyset-paginated: follow `next_cursor` until it is null."""
     ds = service.require_dataset(session, tenant, dataset_id)
     rows = repo.page_items(session, ds.id, pagination.decode_seq(cursor), limit)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return ItemPage(
-        items=[
-            ItemOut(id=r.external_id, image_sha256=r.image_sha256, candidates=r.candidates, created_at=r.created_at)
-            for r in rows
-        ],
-        next_cursor=pagination.encode_seq(rows[-1].seq) if more else None,
+    return pagination.page(
+        rows,
+        limit,
+        lambda r: pagination.encode_seq(r.seq),
+        lambda r: ItemOut(
+            id=r.external_id, image_sha256=r.image_sha256, candidates=r.candidates, created_at=r.created_at
+        ),
     )

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.pagination import Page
+
 
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(
@@ -21,6 +23,16 @@ class DatasetOut(BaseModel):
     id: uuid.UUID
     name: str
     classes: list[str]
+    created_at: datetime
+
+
+class DatasetSummary(BaseModel):
+    """A dataset in a list: its class count, not its class list (that is in the detail)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    class_count: int
     created_at: datetime
 
 
@@ -69,6 +81,5 @@ class ItemOut(BaseModel):
     created_at: datetime
 
 
-class ItemPage(BaseModel):
-    items: list[ItemOut]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+class ItemPage(Page[ItemOut]):
+    pass
