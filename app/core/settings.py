@@ -28,6 +28,22 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(500, ge=1, description="items in one POST /items batch")
     max_upload_bytes: int = Field(2 << 30, ge=1, description="largest accepted import upload")
     max_image_bytes: int = Field(20 << 20, ge=1, description="largest accepted single image")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="largest accepted image in pixels (width x height), read from the header before decoding; "
+        "applies to uploads, imports, /predict and the workers",
+    )
+    max_json_bytes: int = Field(
+        128 << 20,
+        ge=1,
+        description="largest request body of every route but ZIP imports (checked before it is buffered); "
+        "fits a full POST /items batch of max_batch_items images averaging 190 KiB",
+    )
+    max_manifest_line_bytes: int = Field(16 << 20, ge=1, description="longest line of an imported manifest.jsonl")
+    upload_read_timeout_seconds: float = Field(
+        30.0, gt=0.0, description="a request whose body sends nothing for this long gets 408"
+    )
     feature_chunk_size: int = Field(256, ge=1, description="images per featurisation task")
     backbone_cache_size: int = Field(2, ge=1, description="backbones kept warm per process (LRU)")
     classifier_cache_size: int = Field(16, ge=1, description="classifier artifacts kept in memory per process")
