@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from app.ml.features import ImageRef, decode_image, sha256_bytes
+from app.ml.text import show, text_problem
 
 MAX_CLASS_NAME = 255
 
@@ -38,8 +39,11 @@ def validate_classes(classes: Sequence[str]) -> list[str]:
             raise InputError(f"class {i + 1}: empty class name")
         if len(name) > MAX_CLASS_NAME:
             raise InputError(f"class {i + 1}: name longer than {MAX_CLASS_NAME} characters")
+        problem = text_problem(name)
+        if problem is not None:
+            raise InputError(f"class {i + 1}: the name {problem}")
         if name in seen:
-            raise InputError(f"class {i + 1}: duplicate class name {name!r}")
+            raise InputError(f"class {i + 1}: duplicate class name {show(name)}")
         seen.add(name)
     return names
 
@@ -47,33 +51,33 @@ def validate_classes(classes: Sequence[str]) -> list[str]:
 def read_classes(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"classes file {str(path)!r} does not exist")
+        raise InputError(f"classes file {show(str(path), 200)} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(f"classes file {str(path)!r}: not valid JSON ({exc.msg})") from exc
+            raise InputError(f"classes file {show(str(path), 200)}: not valid JSON ({exc.msg})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
-            raise InputError(f"classes file {str(path)!r}: expected an object with a 'classes' list")
+            raise InputError(f"classes file {show(str(path), 200)}: expected an object with a 'classes' list")
         return validate_classes(data["classes"])
     lines = [ln.strip() for ln in text.splitlines()]
     return validate_classes([ln for ln in lines if ln and not ln.startswith("#")])
 
 
 def validate_candidates(item: str, candidates: object, class_index: dict[str, int]) -> list[str]:
-    """The item's candidates as a de-duplicated list, or InputError naming the item."""
+    """The item's candidates as a de-duplicated list in first-seen order, or InputError naming the
+    item. Linear in the number of candidates."""
     if not isinstance(candidates, list):
         raise InputError(f"{item}: 'candidates' must be a list of class names")
     if not candidates:
         raise InputError(f"{item}: empty candidate set")
-    out: list[str] = []
-    for c in candidates:
-        if not isinstance(c, str) or c not in class_index:
-            raise InputError(f"{item}: candidate {c!r} is not among the classes")
-        if c not in out:
-            out.append(c)
-    return out
+    for position, c in enumerate(candidates):
+        if not isinstance(c, str):
+            raise InputError(f"{item}: candidate {position} is {show(c)}, not a class name")
+        if c not in class_index:
+            raise InputError(f"{item}: candidate {show(c)} is not among the classes")
+    return list(dict.fromkeys(candidates))
 
 
 @dataclass
@@ -108,7 +112,7 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> CandidateDataset:
     """Parse and validate a manifest; every image must exist (its bytes are hashed here)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"manifest {str(path)!r} does not exist")
+        raise InputError(f"manifest {show(str(path), 200)} does not exist")
     classes = validate_classes(classes)
     index = {c: k for k, c in enumerate(classes)}
     root = path.parent
@@ -130,7 +134,10 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> CandidateDataset:
             item_id = row.get("id")
             if not isinstance(item_id, str) or not item_id:
                 raise InputError(f"{where}: missing or empty 'id'")
-            where = f"manifest line {lineno} (id {item_id!r})"
+            problem = text_problem(item_id)
+            if problem is not None:
+                raise InputError(f"{where}: 'id' {problem}")
+            where = f"manifest line {lineno} (id {show(item_id)})"
             if item_id in seen:
                 raise InputError(f"{where}: duplicate id, first seen on line {seen[item_id]}")
             seen[item_id] = lineno
@@ -139,14 +146,14 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> CandidateDataset:
                 raise InputError(f"{where}: missing 'image' path")
             image_path = (root / image).resolve()
             if not image_path.is_file():
-                raise InputError(f"{where}: image {image!r} does not exist")
+                raise InputError(f"{where}: image {show(image, 200)} does not exist")
             try:
                 digest = sha256_bytes(image_path.read_bytes())
             except OSError as exc:
-                raise InputError(f"{where}: image {image!r} cannot be read ({exc.strerror})") from exc
+                raise InputError(f"{where}: image {show(image, 200)} cannot be read ({exc.strerror})") from exc
             cands.append(validate_candidates(where, row.get("candidates"), index))
             ids.append(item_id)
             refs.append(ImageRef(label=where, sha256=digest, load=_file_loader(image_path, where)))
     if not ids:
-        raise InputError(f"manifest {str(path)!r} holds no items")
+        raise InputError(f"manifest {show(str(path), 200)} holds no items")
     return CandidateDataset(classes=classes, ids=ids, images=refs, candidates=cands)

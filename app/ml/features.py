@@ -8,8 +8,12 @@ the (N, D) matrix this module returns.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import re
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +21,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from app.ml.backbones import Backbone
+from app.ml.text import plain
 
 
 class ImageError(ValueError):
@@ -40,16 +45,60 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, label: str) -> Image.Image:
-    """Decode image bytes fully (so truncated files fail here), or raise ImageError naming the item."""
-    import io
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
 
+
+def default_max_pixels() -> int:
+    """CANDOR_MAX_IMAGE_PIXELS (the service's setting of that name), else 40 megapixels. The
+    engine reads the variable itself so that every process decoding images (API, workers, CLI)
+    applies the same cap."""
+    raw = os.environ.get("CANDOR_MAX_IMAGE_PIXELS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_IMAGE_PIXELS
+
+
+# Pillow refuses images over twice its own limit inside Image.open, before decode_image can give
+# the size; its limit is kept at least at ours so that decode_image's own check answers first
+# (Pillow's stays as a second guard for any other code that opens images).
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, default_max_pixels())
+
+
+def decode_image(data: bytes, label: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode image bytes fully (so truncated files fail here), or raise ImageError naming the item.
+
+    The width and height come from the header first: an image over ``max_pixels`` (default
+    :func:`default_max_pixels`) is refused before any pixel is decoded."""
+    limit = max_pixels or default_max_pixels()
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        found = _BOMB_SIZE.search(str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ImageError(f"{label}: image has {size}, over the limit of {limit:,}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not a readable image (unknown or unsupported format)") from exc
+    except Exception as exc:
+        raise ImageError(f"{label}: not a readable image ({_why(exc)})") from exc
+    width, height = im.size
+    if width * height > limit:
+        im.close()
+        raise ImageError(
+            f"{label}: image is {width} x {height} pixels ({width * height:,}), over the limit of {limit:,}"
+        )
+    try:
         im.load()
         return im
     except Exception as exc:
-        raise ImageError(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
+        im.close()
+        raise ImageError(f"{label}: not a readable image ({_why(exc)})") from exc
+
+
+def _why(exc: Exception) -> str:
+    """A decoder's error in plain words, without object reprs."""
+    text = plain(str(exc))
+    return text if text and "0x" not in text and "b'" not in text else "damaged image data"
 
 
 class FeatureStore(Protocol):
@@ -148,7 +197,7 @@ def featurize(
             except ImageError:
                 raise
             except Exception as exc:
-                raise ImageError(f"{ref.label}: cannot read image ({type(exc).__name__}: {exc})") from exc
+                raise ImageError(f"{ref.label}: cannot read image ({_why(exc)})") from exc
         feats = backbone.encode_images(pil, view=view).cpu().numpy().astype(np.float32)
         new = {ref.sha256: feats[i] for i, ref in enumerate(chunk)}
         store.put_many(backbone.id, view, new)
