@@ -106,8 +106,9 @@ def retry_db(fn: Callable[[], T], budget: float | None = None, what: str = "data
             return fn()
         except TRANSIENT_DB_ERRORS as exc:
             deadline = deadline or time.monotonic() + budget
-            if time.monotonic() + delay > deadline:
+            wait = min(delay, deadline - time.monotonic())
+            if wait <= 0:
                 raise
-            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(exc).__name__, delay)
-            time.sleep(delay)
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(exc).__name__, wait)
+            time.sleep(wait)
             delay = min(delay * 2, 10.0)
