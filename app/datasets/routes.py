@@ -3,7 +3,6 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import uuid
-import zipfile
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -133,11 +132,7 @@ def _import(session, tenant, dataset_id: uuid.UUID, tmp, digest: str, key: str |
     replayed = idempotency.replay(session, tenant, key, route, fp)
     if replayed is not None:
         return replayed
-    try:
-        zf = zipfile.ZipFile(tmp)
-    except zipfile.BadZipFile as exc:
-        raise Problem(422, "Upload rejected", "the upload is not a ZIP file") from exc
-    with zf:
+    with service.open_zip(tmp) as zf:
         return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.pagination import Page
+from app.ml.text import Text
 
 
 class DatasetCreate(BaseModel):
@@ -14,8 +15,8 @@ class DatasetCreate(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"name": "shoes-2026-11", "classes": ["sneaker", "sandal", "ankle boot"]}]},
     )
-    name: str = Field(min_length=1, max_length=200)
-    classes: list[str] = Field(min_length=2, max_length=100_000)
+    name: Text = Field(min_length=1, max_length=200)
+    classes: list[Text] = Field(min_length=2, max_length=100_000)
 
 
 class DatasetOut(BaseModel):
@@ -44,9 +45,9 @@ class DatasetDetail(DatasetOut):
 
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=255, description="your id for the item (stable across uploads)")
+    id: Text = Field(min_length=1, max_length=255, description="your id for the item (stable across uploads)")
     image_base64: str = Field(description="the image file's bytes, base64")
-    candidates: list[str] = Field(description="candidate labels; the true one is among them")
+    candidates: list[Text] = Field(description="candidate labels; the true one is among them")
 
 
 class ItemsBatch(BaseModel):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import lzma
+import struct
 import uuid
 import zipfile
 import zlib
@@ -28,6 +30,7 @@ from app.datasets.models import Dataset, Item
 from app.datasets.schemas import DatasetCreate, DatasetDetail, IngestResult, ItemOutcome
 from app.ml.data import InputError, validate_candidates, validate_classes
 from app.ml.features import ImageError, decode_image, sha256_bytes
+from app.ml.text import show, text_problem
 
 INSERT_CHUNK = 100
 
@@ -73,8 +76,12 @@ class Incoming:
     read: Callable[[], bytes]
 
 
+def _storable_id(item_id: object) -> str | None:
+    return item_id if isinstance(item_id, str) and text_problem(item_id) is None else None
+
+
 def _reject(index: int, item_id: object, reason: str) -> ItemOutcome:
-    return ItemOutcome(index=index, id=item_id if isinstance(item_id, str) else None, status="rejected", reason=reason)
+    return ItemOutcome(index=index, id=_storable_id(item_id), status="rejected", reason=reason)
 
 
 def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[Incoming]) -> IngestResult:
@@ -86,10 +93,13 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
     first_seen: dict[str, int] = {}
     rejected = False
     for inc in incoming:
-        label = f"item {inc.index}" + (f" (id {inc.id!r})" if isinstance(inc.id, str) else "")
+        label = f"item {inc.index}" + (f" (id {show(inc.id)})" if isinstance(inc.id, str) else "")
         try:
             if not isinstance(inc.id, str) or not inc.id or len(inc.id) > 255:
                 raise InputError("'id' must be a non-empty string of at most 255 characters")
+            problem = text_problem(inc.id)
+            if problem is not None:
+                raise InputError(f"'id' {problem}")
             if inc.id in first_seen:
                 raise InputError(f"duplicate id in this upload, first at item {first_seen[inc.id]}")
             first_seen[inc.id] = inc.index
@@ -97,7 +107,7 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             data = inc.read()
             if len(data) > settings.max_image_bytes:
                 raise InputError(f"image is {len(data)} bytes, over the limit of {settings.max_image_bytes}")
-            decode_image(data, label).close()
+            decode_image(data, label, settings.max_image_pixels).close()
             checked.append((inc, sha256_bytes(data), cands))
         except (InputError, ImageError, ValueError) as exc:
             reason = str(exc).removeprefix(f"{label}: ")
@@ -124,7 +134,7 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             422,
             "Upload rejected",
             f"{len(bad)} of {len(incoming)} items rejected, nothing stored; first: item {first.index}"
-            + (f" (id {first.id!r})" if first.id else "")
+            + (f" (id {show(first.id)})" if first.id else "")
             + f": {first.reason}",
             items=[o.model_dump() for o in outcomes if o is not None],
         )
@@ -169,13 +179,94 @@ def incoming_from_json(items: Sequence) -> list[Incoming]:
     return out
 
 
+# What reading a damaged archive can raise: zipfile documents BadZipFile, but a flipped byte also
+# surfaces as zlib/lzma/bz2 (OSError) errors, EOFError, struct.error, a bad UTF-8 name
+# (UnicodeDecodeError, a ValueError), RuntimeError (encrypted) or NotImplementedError (method).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    struct.error,
+    ValueError,
+    OverflowError,
+    RuntimeError,
+    NotImplementedError,
+)
+
+
+def zip_damage(exc: BaseException) -> str:
+    """What is wrong with an archive, in plain words, from the error reading it raised."""
+    if isinstance(exc, NotImplementedError):
+        return "it uses a compression method Candor does not read (use deflate or no compression)"
+    if isinstance(exc, RuntimeError) and "encrypt" in str(exc).lower():
+        return "it is encrypted; send it without a password"
+    if isinstance(exc, zipfile.BadZipFile) and "CRC" in str(exc):
+        return "its data does not match its CRC checksum"
+    if isinstance(exc, zlib.error | lzma.LZMAError | OSError):
+        return "its compressed data is corrupt"
+    if isinstance(exc, EOFError):
+        return "it ends before its data does (truncated)"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it holds a file name that is not valid UTF-8"
+    return "the archive is damaged"
+
+
+def open_zip(file) -> zipfile.ZipFile:
+    """The ZIP in ``file``, or 422 when it is not one or its directory is damaged."""
+    try:
+        return zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise Problem(422, "Upload rejected", "the upload is not a ZIP file") from exc
+    except ZIP_ERRORS as exc:
+        raise Problem(422, "Upload rejected", f"the upload is not a readable ZIP file: {zip_damage(exc)}") from exc
+
+
+def _manifest_rows(zf: zipfile.ZipFile, manifest: str, max_line: int):
+    """(line number, parsed object) for each non-blank line; 422 for a damaged or oversized line.
+    A line is read at most ``max_line + 1`` bytes at a time, so one huge line is never held whole."""
+    try:
+        with zf.open(manifest) as f:
+            lineno = 0
+            while True:
+                raw = f.readline(max_line + 1)
+                if not raw:
+                    return
+                lineno += 1
+                if len(raw) > max_line and not raw.endswith(b"\n"):
+                    raise Problem(422, "Upload rejected", f"manifest line {lineno} is longer than {max_line} bytes")
+                if not raw.strip():
+                    continue
+                yield lineno, _parse_line(raw, lineno)
+    except ZIP_ERRORS as exc:
+        raise Problem(422, "Upload rejected", f"manifest.jsonl cannot be read: {zip_damage(exc)}") from exc
+
+
+def _parse_line(raw: bytes, lineno: int) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(422, "Upload rejected", f"manifest line {lineno}: not UTF-8 text") from exc
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(422, "Upload rejected", f"manifest line {lineno}: not valid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise Problem(422, "Upload rejected", f"manifest line {lineno}: JSON nested too deeply") from exc
+    if not isinstance(row, dict):
+        raise Problem(422, "Upload rejected", f"manifest line {lineno}: expected a JSON object")
+    return row
+
+
 def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
     """Items of a ZIP holding ``manifest.jsonl`` (at the root or in one top folder) and the images.
 
     A manifest line's ``image`` is a path relative to the manifest. A line without ``image``
     (ImageFolder layout: ``CLASS/ID.png``) takes the one file whose name without extension is the
-    item's id.
+    item's id. A damaged archive, manifest or member answers 422, never half-stored.
     """
+    settings = get_settings()
     names = [n for n in zf.namelist() if not n.endswith("/")]
     manifests = sorted((n for n in names if PurePosixPath(n).name == "manifest.jsonl"), key=len)
     if not manifests:
@@ -188,35 +279,26 @@ def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
             by_stem.setdefault(PurePosixPath(n).stem, []).append(n)
     available = set(names)
     out: list[Incoming] = []
-    with zf.open(manifest) as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            index = len(out)
+    for _lineno, row in _manifest_rows(zf, manifest, settings.max_manifest_line_bytes):
+        index = len(out)
+        item_id = row.get("id")
+        image = row.get("image")
+        if isinstance(image, str) and image:
+            path = str(root / image) if str(root) != "." else image
+        else:
+            matches = by_stem.get(str(item_id), [])
+            path = matches[0] if len(matches) == 1 else None
+
+        def read(p: str | None = path, iid: object = item_id, img: object = image) -> bytes:
+            if p is None:
+                raise InputError(f"no image for id {show(iid)}: give 'image' or one file named after the id")
+            if p not in available:
+                raise InputError(f"image {show(img, 200)} is not in the ZIP")
             try:
-                row = json.loads(raw)
-                if not isinstance(row, dict):
-                    raise ValueError("expected a JSON object")
-            except ValueError as exc:
-                raise Problem(422, "Upload rejected", f"manifest.jsonl line {lineno}: not valid JSON ({exc})") from exc
-            item_id = row.get("id")
-            image = row.get("image")
-            if isinstance(image, str) and image:
-                path = str(root / image) if str(root) != "." else image
-            else:
-                matches = by_stem.get(str(item_id), [])
-                path = matches[0] if len(matches) == 1 else None
+                with zf.open(p) as fh:
+                    return fh.read(settings.max_image_bytes + 1)
+            except ZIP_ERRORS as exc:
+                raise InputError(f"ZIP member {show(p, 200)} cannot be read: {zip_damage(exc)}") from exc
 
-            def read(p: str | None = path, iid: object = item_id, img: object = image) -> bytes:
-                if p is None:
-                    raise InputError(f"no image for id {iid!r}: give 'image' or one file named after the id")
-                if p not in available:
-                    raise InputError(f"image {img!r} is not in the ZIP")
-                try:
-                    with zf.open(p) as fh:
-                        return fh.read(get_settings().max_image_bytes + 1)
-                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError) as exc:
-                    raise InputError(f"ZIP member {p!r} cannot be read ({type(exc).__name__}: {exc})") from exc
-
-            out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
+        out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
     return out
