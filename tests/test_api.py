@@ -324,7 +324,7 @@ def test_tenant_isolation(client, auth, other_auth):
     job = client.post("/v1/jobs", json={"dataset_id": ds, "config": {"backbone": "tiny"}}, headers=auth).json()
     assert_problem(client.get(f"/v1/jobs/{job['id']}", headers=other_auth), 404)
     assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=other_auth), 404)
-    assert client.get("/v1/jobs", headers=other_auth).json() == []
+    assert client.get("/v1/jobs", headers=other_auth).json() == {"items": [], "next_cursor": None}
 
 
 def test_job_submit_enqueues_after_commit(client, auth, dispatcher):

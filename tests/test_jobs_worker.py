@@ -114,7 +114,7 @@ def test_end_to_end_upload_job_labels_predict(api, key, celery_worker):
     assert csv_text[0].startswith("id,label,confidence") and len(csv_text) == 11
 
     clf_id = job["classifier_id"]
-    assert [c["id"] for c in api.get("/v1/classifiers", headers=key).json()] == [clf_id]
+    assert [c["id"] for c in api.get("/v1/classifiers", headers=key).json()["items"]] == [clf_id]
     clf = api.get(f"/v1/classifiers/{clf_id}", headers=key).json()
     assert clf["classes"] == ["cat", "dog", "bird"] and clf["backbone"] == "tiny"
     pred = api.post(
@@ -272,10 +272,10 @@ def test_training_resumes_from_checkpoint_after_a_killed_worker(api, key, monkey
     monkeypatch.setattr(pipeline, "train", real_train)
     pipeline.start_job(fresh)
     pipeline.train_job(fresh)
-    versions = {c["job_id"]: c["version"] for c in api.get("/v1/classifiers", headers=key).json()}
+    versions = {c["job_id"]: c["version"] for c in api.get("/v1/classifiers", headers=key).json()["items"]}
     assert versions[job_id] == versions[fresh]
     pipeline.train_job(fresh)  # redelivered after success: nothing changes
-    assert len(api.get("/v1/classifiers", headers=key).json()) == 2
+    assert len(api.get("/v1/classifiers", headers=key).json()["items"]) == 2
 
 
 @pytest.fixture

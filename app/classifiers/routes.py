@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.classifiers import service
-from app.classifiers.schemas import ClassifierOut, PredictRequest, PredictResponse
+from app.classifiers.schemas import ClassifierOut, ClassifierSummary, PredictRequest, PredictResponse
+from app.core import pagination
 from app.core.deps import SessionDep, TenantDep
+from app.core.pagination import Page
 from app.core.problems import Problem
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
@@ -18,9 +20,14 @@ MAX_IMAGES = 256
 PROBLEM = {"content": {"application/problem+json": {}}}
 
 
-@router.get("", response_model=list[ClassifierOut])
-def list_classifiers(session: SessionDep, tenant: TenantDep):
-    return service.list_classifiers(session, tenant)
+@router.get("", response_model=Page[ClassifierSummary], responses={400: PROBLEM})
+def list_classifiers(
+    session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None
+):
+    """The tenant's classifiers, newest first, as summaries (the class count, not the class list or
+    metrics; the detail route has them). Keyset-paginated: follow `next_cursor` until it is null."""
+    rows = service.list_classifiers(session, tenant, cursor, limit)
+    return pagination.page(rows, limit, pagination.time_id_cursor, ClassifierSummary.model_validate)
 
 
 @router.get("/{classifier_id}", response_model=ClassifierOut, responses={404: PROBLEM})

@@ -19,6 +19,20 @@ class ClassifierOut(BaseModel):
     created_at: datetime
 
 
+class ClassifierSummary(BaseModel):
+    """A classifier in a list: its class count, not its class list or metrics (the detail has them)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    job_id: uuid.UUID
+    dataset_id: uuid.UUID
+    version: str
+    backbone: str
+    backbone_id: str
+    class_count: int
+    created_at: datetime
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

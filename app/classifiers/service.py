@@ -5,21 +5,33 @@ import binascii
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
 from app.classifiers.schemas import Prediction, PredictResponse, Scored
-from app.core import registry
+from app.core import jsonsql, pagination, registry
 from app.core.problems import Problem, not_found
 from app.core.security import TenantRef
 from app.ml.artifacts import ArtifactError, Classifier
 from app.ml.features import ImageError, decode_image
 
 
-def list_classifiers(session: Session, tenant: TenantRef) -> Sequence[ClassifierRow]:
-    stmt = select(ClassifierRow).where(ClassifierRow.tenant_id == tenant.id).order_by(ClassifierRow.created_at)
-    return session.scalars(stmt).all()
+def list_classifiers(session: Session, tenant: TenantRef, cursor: str | None, limit: int) -> Sequence[Row]:
+    """A page of the tenant's classifiers, newest first: the summary's columns only (the class list,
+    metrics and artifact stay in the database)."""
+    stmt = select(
+        ClassifierRow.id,
+        ClassifierRow.job_id,
+        ClassifierRow.dataset_id,
+        ClassifierRow.version,
+        ClassifierRow.backbone,
+        ClassifierRow.backbone_id,
+        jsonsql.array_length(session, ClassifierRow.classes).label("class_count"),
+        ClassifierRow.created_at,
+    ).where(ClassifierRow.tenant_id == tenant.id)
+    stmt = pagination.newest_first(stmt, ClassifierRow.created_at, ClassifierRow.id, cursor, limit)
+    return session.execute(stmt).all()
 
 
 def require_classifier(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> ClassifierRow:

@@ -6,10 +6,12 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.classifiers.models import ClassifierRow
+from app.core import pagination
 from app.jobs.models import FeatureRow, Job, JobChunk
 
 
@@ -17,9 +19,28 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | 
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
-def list_jobs(session: Session, tenant_id: uuid.UUID, limit: int = 100) -> Sequence[Job]:
-    stmt = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
-    return session.scalars(stmt).all()
+def list_jobs(session: Session, tenant_id: uuid.UUID, cursor: str | None, limit: int) -> Sequence[Row]:
+    """A page of the tenant's jobs, newest first, with each job's classifier id: one query, and
+    only the columns of a summary (no config, metrics or checkpoint)."""
+    stmt = (
+        select(
+            Job.id,
+            Job.dataset_id,
+            Job.state,
+            Job.config_hash,
+            Job.progress,
+            Job.error,
+            Job.attempt,
+            ClassifierRow.id.label("classifier_id"),
+            Job.created_at,
+            Job.updated_at,
+            Job.started_at,
+            Job.finished_at,
+        )
+        .outerjoin(ClassifierRow, ClassifierRow.job_id == Job.id)
+        .where(Job.tenant_id == tenant_id)
+    )
+    return session.execute(pagination.newest_first(stmt, Job.created_at, Job.id, cursor, limit)).all()
 
 
 def missing_features(

@@ -7,18 +7,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 
-from app.core import idempotency
+from app.core import idempotency, pagination
 from app.core.db import get_sessionmaker
 from app.core.deps import SessionDep, TenantDep
+from app.core.pagination import Page
 from app.core.problems import Problem
 from app.jobs import repository as repo
 from app.jobs import service, states
 from app.jobs.models import RESULT_FIELDS, JobResult, result_dict
-from app.jobs.schemas import JobCreate, JobOut
+from app.jobs.schemas import JobCreate, JobOut, JobSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PROBLEM = {"content": {"application/problem+json": {}}}
@@ -45,9 +46,12 @@ def create_job(
     return JSONResponse(out, status_code=202, headers=headers)
 
 
-@router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, tenant: TenantDep, limit: Annotated[int, Query(ge=1, le=500)] = 100):
-    return [service.job_out(session, j) for j in repo.list_jobs(session, tenant.id, limit)]
+@router.get("", response_model=Page[JobSummary], responses={400: PROBLEM})
+def list_jobs(session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None):
+    """The tenant's jobs, newest first, as summaries (no config or metrics; the detail route has
+    them). Keyset-paginated: follow `next_cursor` until it is null."""
+    rows = repo.list_jobs(session, tenant.id, cursor, limit)
+    return pagination.page(rows, limit, pagination.time_id_cursor, JobSummary.model_validate)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: PROBLEM})

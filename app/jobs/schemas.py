@@ -56,3 +56,22 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+
+
+class JobSummary(BaseModel):
+    """A job in a list: state, progress and timestamps, without its config and metrics (the detail
+    route has those)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    state: JobState
+    config_hash: str
+    progress: JobProgress
+    error: str | None
+    attempt: int
+    classifier_id: uuid.UUID | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
