@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from app import health
 from app.classifiers.routes import router as classifiers_router
 from app.core import problems
+from app.core.limits import RequestGuard
 from app.core.settings import get_settings
 from app.datasets.routes import router as datasets_router
 from app.jobs.routes import router as jobs_router
@@ -50,6 +51,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     problems.install(app)
+    app.add_middleware(RequestGuard)
     app.include_router(health.router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
