@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://candor.dev/problems/"
+log = logging.getLogger("candor.api")
 
 
 class Problem(Exception):
@@ -70,6 +74,26 @@ def install(app: FastAPI) -> None:
         detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
         return problem_response(
             422, "Validation failed", detail, request.url.path, TYPE_BASE + "validation-failed", errors=errors
+        )
+
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(sqlalchemy.exc.DisconnectionError)
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception):
+        from app.core.settings import get_settings
+
+        retry = get_settings().db_retry_after_seconds
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            f"the database is unavailable; retry in {retry} seconds",
+            request.url.path,
+            TYPE_BASE + "database-unavailable",
+            headers={"Retry-After": str(retry)},
         )
 
     @app.exception_handler(Exception)

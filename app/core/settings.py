@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -51,6 +53,28 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(6 * 3600, ge=60, description="Redis redelivery timeout; above the longest task")
     auth_cache_seconds: float = Field(10.0, ge=0.0, description="verified API keys are trusted this long")
     progress_interval: float = Field(1.0, ge=0.0, description="seconds between progress/cancel checks in training")
+    checkpoint_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="directories backbone checkpoint files may come from (os.pathsep-separated or a JSON list); "
+        "empty: jobs may name no checkpoint file",
+    )
+    db_pool_timeout_seconds: float = Field(
+        10.0, gt=0.0, description="seconds a request waits for a pooled database connection before a 503"
+    )
+    db_retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After of the 503 answered while the database is down"
+    )
+
+    @field_validator("checkpoint_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p for p in text.split(os.pathsep) if p.strip()]
+        return value
+
     job_heartbeat_seconds: float = Field(
         10.0, gt=0.0, description="a working step renews its job's lease at least this often"
     )
