@@ -25,6 +25,10 @@ celery_app.conf.update(
     task_routes={"candor.train_job": {"queue": "gpu"}, "candor.*": {"queue": "cpu"}},
     broker_transport_options={"visibility_timeout": settings.visibility_timeout},
     broker_connection_retry_on_startup=True,
+    # A send to a broker that is down fails within seconds instead of hanging the request that
+    # made it; the job is in the database already and the reaper sends its step once Redis is back.
+    broker_connection_timeout=2,
+    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
     worker_hijack_root_logger=False,
     worker_max_tasks_per_child=50,
     beat_schedule={
