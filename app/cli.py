@@ -136,12 +136,13 @@ def service_settings(args: argparse.Namespace):
 def database_label(url: str) -> str:
     """Where a database URL points, fit to print: the file of a SQLite database, else the URL without
     its password."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return f"SQLite {parsed.database}"
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return f"SQLite {u.database}"
+    shown = URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+    return shown.render_as_string(hide_password=False)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
