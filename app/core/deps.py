@@ -39,9 +39,22 @@ async def current_tenant(session: SessionDep, authorization: Annotated[str | Non
     key = authorization[7:].strip()
     tenant = key_cache.get(hash_key(key))
     if tenant is None:
-        tenant = await run_in_threadpool(tenant_for_key, session, key, get_settings().auth_cache_seconds)
+        tenant = await run_in_threadpool(_lookup, session, key, get_settings().auth_cache_seconds)
     if tenant is None:
         raise unauthorized("unknown or revoked API key")
+    return tenant
+
+
+def _lookup(session: Session, key: str, ttl: float) -> TenantRef | None:
+    """The key's tenant, with the lookup's transaction ended at once: the connection goes back to
+    the pool before the route runs, so a route that streams a request body (or a response) holds
+    no connection, let alone one idle in a transaction, while the client takes its time."""
+    try:
+        tenant = tenant_for_key(session, key, ttl)
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
     return tenant
 
 

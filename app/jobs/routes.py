@@ -71,15 +71,26 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
 FIELDS = ["id", *(f for f in RESULT_FIELDS if f != "posterior")]
 
 
+LABEL_PAGE = 1000
+
+
 def _rows(job_id: uuid.UUID) -> Iterator[JobResult]:
-    with get_sessionmaker()() as session:
-        stmt = (
-            select(JobResult)
-            .where(JobResult.job_id == job_id)
-            .order_by(JobResult.item_seq)
-            .execution_options(yield_per=1000)
-        )
-        yield from session.scalars(stmt)
+    """A finished job's results in item order, fetched a page at a time, each page in a short
+    transaction of its own: no connection is held while the client reads (at its own pace)."""
+    after = -1
+    while True:
+        with get_sessionmaker()() as session:
+            stmt = (
+                select(JobResult)
+                .where(JobResult.job_id == job_id, JobResult.item_seq > after)
+                .order_by(JobResult.item_seq)
+                .limit(LABEL_PAGE)
+            )
+            rows = session.scalars(stmt).all()
+        yield from rows
+        if len(rows) < LABEL_PAGE:
+            return
+        after = rows[-1].item_seq
 
 
 @router.get(
@@ -99,6 +110,7 @@ def get_labels(
     """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
     mass outside the candidates, flags, and the zero-shot prior's choice."""
     job = service.require_job(session, tenant, job_id)
+    session.commit()  # the connection goes back to the pool before the rows stream out
     if job.state != states.SUCCEEDED:
         raise Problem(409, "Job not finished", f"job {job.id} is {job.state}; labels exist once it has succeeded")
 
