@@ -17,7 +17,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl && rm -rf /wheels && useradd --create-home --uid 10001 candor
 
-# Not root; the home folder is writable (embedded mode's data folder, the beat scheduler's state file).
+# Not root; the home folder is writable (embedded mode's data folder lives under it).
 USER candor
 WORKDIR /home/candor
 
