@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -48,7 +49,17 @@ def problem_response(
     if detail:
         body["detail"] = detail
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+class ProblemResponse(JSONResponse):
+    """problem+json with non-ASCII written as JSON escapes: the same JSON, and a lone surrogate
+    echoed from a request (in a field name, say) stays encodable instead of failing the answer."""
+
+    media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def install(app: FastAPI) -> None:
