@@ -13,8 +13,10 @@ from app.classifiers.schemas import Prediction, PredictResponse, Scored
 from app.core import jsonsql, pagination, registry
 from app.core.problems import Problem, not_found
 from app.core.security import TenantRef
+from app.core.settings import get_settings
 from app.ml.artifacts import ArtifactError, Classifier
 from app.ml.features import ImageError, decode_image
+from app.ml.text import show, text_problem
 
 
 def list_classifiers(session: Session, tenant: TenantRef, cursor: str | None, limit: int) -> Sequence[Row]:
@@ -75,6 +77,16 @@ def decode_b64(items: Sequence[str]) -> list[bytes]:
     return out
 
 
+def _check_candidates(candidates: Sequence[str], classes: Sequence[str]) -> None:
+    known = set(classes)
+    for i, c in enumerate(candidates):
+        problem = text_problem(c)
+        if problem is not None:
+            raise Problem(422, "Invalid request", f"candidates {i}: the name {problem}")
+        if c not in known:
+            raise Problem(422, "Invalid request", f"candidate {show(c)} is not among the classifier's classes")
+
+
 def predict(
     session: Session,
     tenant: TenantRef,
@@ -84,9 +96,18 @@ def predict(
     candidates: Sequence[str] | None,
 ) -> PredictResponse:
     clf_id, version, clf = owned_classifier(session, tenant, classifier_id)
+    settings = get_settings()
+    if candidates:
+        _check_candidates(candidates, clf.classes)
+    images = []
     try:
-        images = [decode_image(b, f"image {i}") for i, b in enumerate(blobs)]
+        for i, b in enumerate(blobs):
+            if len(b) > settings.max_image_bytes:
+                raise ImageError(f"image {i}: {len(b)} bytes, over the limit of {settings.max_image_bytes}")
+            images.append(decode_image(b, f"image {i}", settings.max_image_pixels))
     except ImageError as exc:
+        for im in images:
+            im.close()
         raise Problem(422, "Invalid image", str(exc)) from exc
     backbone = registry.get_backbone(clf.backbone)
     try:
