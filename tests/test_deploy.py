@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -119,6 +120,13 @@ def test_the_wheel_migrates_and_serves_from_a_fresh_environment(tmp_path):
         cwd=work)  # fmt: skip
     (wheel,) = dist.glob("candor-*.whl")
     shutil.rmtree(src)
+    # Alembic runs without its .ini (script_location is set in code), so check the wheel's content itself.
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    migrations = ROOT / "app" / "migrations"
+    wanted = {"alembic.ini", "env.py", "script.py.mako"} | {
+        f"versions/{p.name}" for p in migrations.glob("versions/*.py")
+    }
+    assert {f"app/migrations/{name}" for name in wanted} <= shipped
 
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env=clean_env(), cwd=work)
     vpy = venv / "bin" / "python"
