@@ -70,9 +70,9 @@ def test_missing_pretrained_weights_name_both_remedies(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     register_model_configs()
     with pytest.raises(BackboneUnavailable) as err:
-        OpenClipBackbone("candor-tiny", "no-such-pretrained-tag")
+        OpenClipBackbone("RN50", "openai")  # a known tag whose weights are not cached here
     msg = str(err.value)
-    assert "model hub is reachable" in msg and "local checkpoint" in msg and "candor-tiny" in msg
+    assert "model hub is reachable" in msg and "local checkpoint" in msg and "RN50" in msg
 
 
 def test_unknown_model_and_bad_spec():

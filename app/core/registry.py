@@ -49,7 +49,8 @@ class LRU(Generic[V]):
 def _load_backbone(spec: str):
     from app.ml.backbones import load_backbone
 
-    return load_backbone(spec, device=get_settings().torch_device())
+    settings = get_settings()
+    return load_backbone(spec, device=settings.torch_device(), checkpoint_dirs=settings.checkpoint_dirs)
 
 
 backbones: LRU = LRU(lambda: get_settings().backbone_cache_size)

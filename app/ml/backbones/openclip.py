@@ -9,6 +9,7 @@ pooled feature, so the truncation is exact (proved by ``tests/test_openclip_back
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -20,11 +21,38 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from app.ml.backbones.base import BackboneUnavailable, apply_view, clean_classname
+from app.ml.backbones.base import BackboneUnavailable, apply_view, clean_classname, short
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 TINY_MODEL = "candor-tiny"
+RANDOM_TAGS = (None, "", "random", "none")
+FILE_PREFIX = "file:"
 _registered = False
+
+
+def checkpoint_file(pretrained: str | None) -> Path | None:
+    """The local checkpoint a spec's third part names, or None for a pretrained tag.
+
+    A checkpoint is an absolute path (``/models/ckpt.pt``) or carries the prefix ``file:``
+    (``file:ckpt.pt``, relative to the working directory); anything else is a pretrained tag. The
+    rule depends on the string alone, never on which files exist on the machine.
+    """
+    if not pretrained:
+        return None
+    if pretrained.startswith(FILE_PREFIX):
+        return Path(pretrained[len(FILE_PREFIX) :])
+    if pretrained.startswith("/"):
+        return Path(pretrained)
+    return None
+
+
+def unknown_tag(model_name: str, tag: str) -> str:
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    known = f"known tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+    return (
+        f"unknown pretrained tag {tag!r} for open_clip model {model_name!r} ({known}); "
+        "a local checkpoint is an absolute path or file:PATH"
+    )
 
 
 def register_model_configs() -> None:
@@ -88,6 +116,30 @@ class _TextTower:
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 
+def _prompt_ids(tower: _TextTower, tokenizer, classnames: Sequence[str], n_ctx: int) -> torch.Tensor:
+    placeholder = " ".join(["X"] * n_ctx)
+    return tokenizer([f"{placeholder} {clean_classname(c)}." for c in classnames])
+
+
+def _exact(tower: _TextTower) -> bool:
+    """Whether prompts can be cut after the pooled token (causal mask, pooled at a fixed token)."""
+    return tower.attn_mask is not None and tower.pool_type in ("argmax", "eos", "first")
+
+
+def _overflow(tower: _TextTower, ids: torch.Tensor, pool_idx: torch.Tensor) -> int | None:
+    """Row of the first prompt whose end-of-text token was cut off by the context length."""
+    if _exact(tower) and ids.shape[0] and int(pool_idx.max()) >= ids.shape[1] - 1:
+        return int(pool_idx.argmax())
+    return None
+
+
+def _too_long(name: str, n_ctx: int, tower: _TextTower) -> str:
+    return (
+        f"class name {short(name)} is too long: with {n_ctx} context tokens its prompt does not fit the text "
+        f"tower's {tower.context_length} tokens"
+    )
+
+
 class OpenClipPromptEncoder(nn.Module):
     """CoOp prompts ``[SOS][V1]..[VM][CLASS][.][EOS]`` for K classes, at the truncated length."""
 
@@ -95,15 +147,12 @@ class OpenClipPromptEncoder(nn.Module):
         super().__init__()
         self.tower = tower
         self.n_ctx = n_ctx
-        placeholder = " ".join(["X"] * n_ctx)
-        ids = tokenizer([f"{placeholder} {clean_classname(c)}." for c in classnames])
-        ids = ids.to(tower.token_embedding.weight.device)
+        ids = _prompt_ids(tower, tokenizer, classnames, n_ctx).to(tower.token_embedding.weight.device)
         pool_idx = tower.pool_index(ids)
-        exact = tower.attn_mask is not None and tower.pool_type in ("argmax", "eos", "first")
-        if exact and int(pool_idx.max()) >= ids.shape[1] - 1:
-            longest = classnames[int(pool_idx.argmax())]
-            raise ValueError(f"class name {longest!r} is too long: its prompt does not fit the text context")
-        self.seq_len = int(pool_idx.max()) + 1 if exact else ids.shape[1]
+        row = _overflow(tower, ids, pool_idx)
+        if row is not None:
+            raise ValueError(_too_long(classnames[row], n_ctx, tower))
+        self.seq_len = int(pool_idx.max()) + 1 if _exact(tower) else ids.shape[1]
         with torch.no_grad():
             embeds = tower.token_embedding(ids[:, : self.seq_len])
         self.register_buffer("prefix", embeds[:, :1].clone(), persistent=False)
@@ -134,14 +183,20 @@ class OpenClipBackbone:
                 f'unknown open_clip model {model_name!r}; `python -c "import open_clip; '
                 'print(open_clip.list_models())"` lists the known names'
             )
-        if pretrained in (None, "", "random", "none"):
+        file = checkpoint_file(pretrained)
+        if pretrained in RANDOM_TAGS:
             torch.manual_seed(seed)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             weights = f"random-seed{seed}"
-        elif Path(pretrained).is_file():
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-            weights = f"file-sha256-{file_digest(pretrained)[:16]}"
+        elif file is not None:
+            if not file.is_file():
+                raise BackboneUnavailable(f"checkpoint file {file} does not exist")
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(file))
+            weights = f"file-sha256-{file_digest(file)[:16]}"
         else:
+            if not open_clip.get_pretrained_cfg(model_name, pretrained):
+                # open_clip would take an unknown tag for a file path; Candor never does.
+                raise BackboneUnavailable(unknown_tag(model_name, pretrained))
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
             except Exception as exc:
@@ -149,7 +204,7 @@ class OpenClipBackbone:
                     f"cannot load pretrained weights {pretrained!r} for open_clip model {model_name!r} "
                     f"({type(exc).__name__}: {exc}). Either run where the model hub is reachable so open_clip "
                     f"can download them, or pass a local checkpoint file: "
-                    f"--backbone openclip:{model_name}:/path/to/checkpoint.pt"
+                    f"--backbone openclip:{model_name}:/path/to/checkpoint.pt (or file:PATH)"
                 ) from exc
             weights = pretrained
         model.eval().requires_grad_(False).to(self.device)
@@ -162,7 +217,7 @@ class OpenClipBackbone:
         self.id = f"openclip:{model_name}:{weights}:open_clip-{open_clip.__version__}"
         self.embed_dim = int(self.encode_texts(["a"]).shape[1])
         self.ctx_dim = int(self.tower.token_embedding.weight.shape[1])
-        self.logit_scale = float(model.logit_scale.exp()) if pretrained not in (None, "", "random", "none") else 100.0
+        self.logit_scale = float(model.logit_scale.exp()) if pretrained not in RANDOM_TAGS else 100.0
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image], view: str = "plain") -> torch.Tensor:
@@ -179,7 +234,10 @@ class OpenClipBackbone:
 
     def context_init(self, words: str | None, n_ctx: int, generator: torch.Generator) -> torch.Tensor:
         if words:
-            ids = self.tokenizer([words])[0]
+            ids = self.tokenizer([words])
+            if _overflow(self.tower, ids, self.tower.pool_index(ids)) is not None:
+                raise ValueError(f"prompt.ctx_init is too long for the text tower's {self.tower.context_length} tokens")
+            ids = ids[0]
             n_words = int(self.tower.pool_index(ids.unsqueeze(0))[0]) - 1
             with torch.no_grad():
                 return self.tower.token_embedding(ids[1 : 1 + n_words].to(self.device)).float().clone()
@@ -187,3 +245,53 @@ class OpenClipBackbone:
 
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> OpenClipPromptEncoder:
         return OpenClipPromptEncoder(self.tower, self.tokenizer, classnames, n_ctx)
+
+
+@functools.lru_cache(maxsize=8)
+def text_side(model_name: str) -> tuple[_TextTower, object]:
+    """The text tower's structure and the tokenizer of an open_clip model, without any weights.
+
+    The model is built on the ``meta`` device (no memory, no download; under two seconds for the
+    largest open_clip models), so the same ``_TextTower`` and tokenizer the workers use decide
+    what fits. Raises BackboneUnavailable for models whose text tower prompt learning cannot use.
+    """
+    register_model_configs()
+    cfg = open_clip.get_model_config(model_name) or {}
+    text_cfg = cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):
+        raise BackboneUnavailable(
+            f"open_clip model {model_name!r} has a Hugging Face text tower, which prompt learning does not support; "
+            "choose a CLIP model with a native text tower"
+        )
+    if text_cfg.get("hf_tokenizer_name"):
+        raise LookupError(f"open_clip model {model_name!r} needs a Hugging Face tokenizer")
+    with torch.device("meta"):
+        model = open_clip.create_model(model_name, pretrained=None, device="meta", pretrained_text=False)
+    return _TextTower(model), open_clip.get_tokenizer(model_name)
+
+
+def check_prompts(model_name: str, classnames: Sequence[str], n_ctx: int, ctx_init: str | None) -> None:
+    """Raise ValueError when the worker's prompts for these classes would not fit the text tower.
+
+    Uses the workers' own tokenizer and overflow rule on a weightless copy of the tower. Models
+    whose tokenizer needs a download are not checked here (LookupError is swallowed).
+    """
+    try:
+        tower, tokenizer = text_side(model_name)
+    except LookupError:
+        return
+    if ctx_init:
+        ids = tokenizer([ctx_init])
+        pool_idx = tower.pool_index(ids)
+        if _overflow(tower, ids, pool_idx) is not None:
+            raise ValueError(
+                f"prompt.ctx_init is too long: it alone does not fit the text tower's {tower.context_length} tokens"
+            )
+        n_ctx = int(pool_idx[0]) - 1
+    if not classnames:
+        return
+    ids = _prompt_ids(tower, tokenizer, classnames, n_ctx)
+    row = _overflow(tower, ids, tower.pool_index(ids))
+    if row is not None:
+        hint = "shorten prompt.ctx_init" if ctx_init else "lower prompt.n_ctx"
+        raise ValueError(f"{_too_long(classnames[row], n_ctx, tower)}; shorten the class name or {hint}")
