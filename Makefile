@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services compose-cli test lint demo bench-speed bench-service clean
+.PHONY: install data services compose-cli test lint demo bench-speed bench-service bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-speed: install
 
 bench-service: install services
 	$(PY) bench/service.py
+
+bench-load: install services
+	$(PY) bench/load.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
