@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -66,7 +67,7 @@ def decode(cursor: str, kind: str, parts: int) -> list[str]:
 
 
 def _int(value: str, low: int, high: int) -> int:
-    if not value.isascii() or not value.lstrip("-").isdigit() or len(value) > 20:
+    if not re.fullmatch(r"-?[0-9]{1,19}", value):
         raise bad_cursor("damaged")
     number = int(value)
     if not low <= number <= high:
