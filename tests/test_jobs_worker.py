@@ -187,7 +187,7 @@ def test_cancel_while_training(api, key, celery_worker):
 
 def test_failed_job_records_error(api, key, celery_worker):
     ds = upload(api, key, n=3)
-    bad = CONFIG | {"backbone": "openclip:candor-tiny:no-such-weights"}
+    bad = CONFIG | {"backbone": "openclip:RN50:openai"}  # a known tag whose weights are not cached here
     job_id = api.post("/v1/jobs", json={"dataset_id": ds, "config": bad}, headers=key).json()["id"]
     job, _ = wait(api, key, job_id)
     assert job["state"] == "failed" and "local checkpoint" in job["error"]
