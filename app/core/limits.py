@@ -43,8 +43,12 @@ class BodyTimeout(HTTPException):
 
 
 def _declared_length(scope: Scope) -> int | None:
-    value = Headers(scope=scope).get("content-length")
-    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+    """The declared body length; 0 for a request with neither Content-Length nor a chunked body."""
+    headers = Headers(scope=scope)
+    value = headers.get("content-length")
+    if value is None:
+        return None if "transfer-encoding" in headers else 0
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 class RequestGuard:
@@ -64,7 +68,7 @@ class RequestGuard:
             return
 
         received = 0
-        body_done = False
+        body_done = declared == 0
         started = False
 
         async def guarded_receive() -> Message:
