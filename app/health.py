@@ -38,5 +38,7 @@ def readyz():
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"
     if any(v.startswith("unreachable") for v in checks.values()):
-        raise Problem(503, "Service Unavailable", "a dependency is unreachable", checks=checks)
+        problem = Problem(503, "Service Unavailable", "a dependency is unreachable", checks=checks)
+        problem.headers = {"Retry-After": str(settings.db_retry_after_seconds)}
+        raise problem
     return {"status": "ready", "checks": checks}

@@ -113,8 +113,9 @@ def test_database_down_is_503_with_retry_after_and_the_api_recovers_by_itself(ap
         fault()
         for method, path, body in data_routes:
             assert_unavailable(*api.call(method, path, body))
-        status, _, ready = api.call("GET", "/readyz")
+        status, headers, ready = api.call("GET", "/readyz")
         assert status == 503 and ready["checks"]["database"].startswith("unreachable"), ready
+        assert headers["retry-after"] == str(RETRY_AFTER)
         pg.start()  # the same API process, no restart
         for method, path, body in data_routes:
             status, _, out = api.call(method, path, body)
