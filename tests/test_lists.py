@@ -193,6 +193,8 @@ def test_job_list_statements_do_not_grow_with_the_jobs(client, auth, db, databas
         ("/v1/classifiers", "A" * 5000),
         ("items", pagination.encode_seq(2**63)),  # outside int64
         ("items", pagination.encode("s", -1)),
+        ("items", pagination.encode("s", "--5")),
+        ("/v1/jobs", pagination.encode("t", "1_000", uuid.uuid4().hex)),
         ("items", pagination.encode_time_id(datetime.now(UTC), uuid.uuid4())),
     ],
 )
