@@ -294,6 +294,11 @@ def train_job(jid: uuid.UUID) -> None:
         blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
         resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
         tenant_id, dataset_id = job.tenant_id, job.dataset_id
+    with Heartbeat(jid, owner) as lease:  # from the claim on: loading the backbone may take a while
+        _train(jid, lease, cfg, classes, items, resume, tenant_id, dataset_id)
+
+
+def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, resume, tenant_id, dataset_id) -> None:
     backbone = get_backbone(cfg.backbone)
     store = repo.DbFeatureStore(get_sessionmaker(), tenant_id)
     hashes = [sha for _, _, sha, _ in items]
@@ -306,19 +311,18 @@ def train_job(jid: uuid.UUID) -> None:
     mask = torch.zeros(len(items), len(classes))
     for row, (_, _, _, cands) in enumerate(items):
         mask[row, [index[c] for c in cands]] = 1.0
-    with Heartbeat(jid, owner) as lease:
-        hooks = _JobHooks(jid, get_settings().progress_interval, lease)
-        result = train(
-            backbone,
-            classes,
-            features,
-            mask,
-            cfg,
-            hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
-            resume=resume,
-        )
-        out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
-        retry_db(lambda: _store(jid, owner, tenant_id, dataset_id, classes, items, out), what=f"job {jid}: results")
+    hooks = _JobHooks(jid, get_settings().progress_interval, lease)
+    result = train(
+        backbone,
+        classes,
+        features,
+        mask,
+        cfg,
+        hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
+        resume=resume,
+    )
+    out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
+    retry_db(lambda: _store(jid, lease.owner, tenant_id, dataset_id, classes, items, out), what=f"job {jid}: results")
 
 
 def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str], items: list, out) -> None:
