@@ -73,7 +73,7 @@ def cancel_job(session: Session, tenant: TenantRef, job_id: uuid.UUID) -> Job:
     between batches. Terminal jobs answer 409."""
     job = require_job(session, tenant, job_id)
     now = utcnow()
-    moved = states.transition(
+    moved = states.finish(
         session, job.id, states.CANCELLED, only_from={states.QUEUED}, cancel_requested_at=now
     ) or states.transition(session, job.id, states.CANCELLING, cancel_requested_at=now)
     session.refresh(job)

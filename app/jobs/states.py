@@ -57,8 +57,12 @@ def transition(
     return session.execute(stmt).rowcount == 1
 
 
-def finish(session: Session, job_id: uuid.UUID, to: str, owner: str | None = None, **values) -> bool:
-    """The one way into a terminal state: the transition, with the progress's stage set to it."""
-    assert to in TERMINAL, to
+def finish(
+    session: Session, job_id: uuid.UUID, to: str, only_from: set[str] | None = None, owner: str | None = None, **values
+) -> bool:
+    """The one way into a terminal state (the API's cancel, the pipeline and the reaper all come
+    through here): the transition, with the progress's stage set to the new state."""
+    if to not in TERMINAL:
+        raise ValueError(f"{to} is not a terminal state")
     progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
-    return transition(session, job_id, to, owner=owner, progress={**progress, "stage": to}, **values)
+    return transition(session, job_id, to, only_from, owner, progress={**progress, "stage": to}, **values)
