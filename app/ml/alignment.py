@@ -1,4 +1,19 @@
-"""Prompt alignment: the mixed class posterior of the learnable and the handcrafted prompt.
+"""Prompt alignment: the learnable prompt aligned with the handcrafted prompt's posterior.
+
+Two rules live here (docs/method.md, "Alignment modes").
+
+The paper's (``alignment.mode = "paper"``; Zhang et al., DASFAA 2025, official code
+zhangzf01/CoOpPLL ``trainers/base_trainer/palace.py`` lines 78-104): the PLL objective runs
+unchanged, and one term is added,
+
+    t = softmax(z^H) * s / sum(softmax(z^H) * s)          (the handcrafted posterior within S)
+    L_align = CE(p^L, t) = -mean_i sum_k t_ik log p^L_ik
+    loss = L_pll + lambda * L_align,   lambda = c * L_pll.detach() / L_align.detach()
+
+with c = 1 in the paper. Candor's auto trust sets c to the label-free trust cap of the prior
+(app/ml/trust.py), so a prior no better than guessing adds nothing.
+
+Candor's mixed target (modes "target", "extra_loss", "both"):
 
 m_k(x) = s_k [a p^L_k + (1-a) p^H_k] / sum_j s_j [a p^L_j + (1-a) p^H_j]      (space = "prob")
 m_k(x) = s_k softmax(a z^L + (1-a) z^H)_k / sum_j s_j softmax(...)_j            (space = "logit")
@@ -16,7 +31,37 @@ import torch
 import torch.nn.functional as F
 
 from app.ml.config import MixConfig
-from app.ml.objectives import restrict
+from app.ml.objectives import restrict, soft_cross_entropy
+
+
+def candidate_posterior(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) restricted to the candidates and renormalised, i.e. the softmax of the logits
+    with every non-candidate at -inf: computed in log space, so every row sums to one for any logit
+    gap. Raises ValueError when a row has no candidate."""
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise ValueError("a candidate mask row is empty: every item needs at least one candidate")
+    return F.softmax(logits.masked_fill(mask <= 0, float("-inf")), dim=1)
+
+
+def paper_alignment(
+    pll_loss: torch.Tensor,
+    logits: torch.Tensor,
+    prior_logits: torch.Tensor,
+    mask: torch.Tensor,
+    trust: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's loss ``L_pll + lambda * L_align`` and its adaptive weight ``lambda``.
+
+    ``lambda = trust * L_pll / L_align`` (both detached) gives the two terms equal size at every
+    batch; ``trust`` = 1 is the paper's rule, Candor's auto trust passes the prior's trust cap.
+    ``L_align`` = 0 (the learnable prompt already puts all its mass on a one-hot target, where the
+    paper's ratio divides by zero) gets weight 0: that term has no gradient there anyway.
+    """
+    target = candidate_posterior(prior_logits.detach(), mask).to(logits.dtype)
+    align = soft_cross_entropy(logits, target)
+    a, p = align.detach(), pll_loss.detach()
+    lam = torch.where(a > 0, trust * p / torch.where(a > 0, a, torch.ones_like(a)), torch.zeros_like(a))
+    return pll_loss + lam * align, lam
 
 
 def learnable_weight(cfg: MixConfig, progress: float) -> float:

@@ -120,13 +120,17 @@ class AlignmentConfig(_Frozen):
     trust_power: float = Field(
         2.0, gt=0.0, le=4.0, description="auto trust: the cap is (excess accuracy of the prior) ** trust_power"
     )
-    mode: Literal["target", "extra_loss", "both"] = Field(
+    mode: Literal["paper", "target", "extra_loss", "both"] = Field(
         "target",
-        description="'target': the mixed posterior replaces the objective's own confidence update; "
-        "'extra_loss': add lambda * CE(m, p_learnable); objectives without confidences (NAIVE, CC) "
-        "always use 'extra_loss'",
+        description="'paper': the paper's rule (zhangzf01/CoOpPLL trainers/base_trainer/palace.py): the objective "
+        "runs unchanged and L_pll.detach() / L_align.detach() * CE(t, p_learnable) is added, t the handcrafted "
+        "posterior within the candidates; with auto_trust that weight is multiplied by the prior's trust cap "
+        "(auto_trust off and mix.prior_weight_max = 1: the paper exactly; the weight is also multiplied by "
+        "mix.prior_weight_max, the rest of mix.* is not used). Candor's extensions: 'target': the mixed "
+        "posterior m replaces the objective's own confidence update; 'extra_loss': add lam * CE(m, p_learnable); "
+        "'both'; objectives without confidences (NAIVE, CC) use 'extra_loss' in place of 'target'",
     )
-    lam: float = Field(1.0, ge=0.0, le=100.0, description="weight of the extra alignment loss")
+    lam: float = Field(1.0, ge=0.0, le=100.0, description="weight of the extra alignment loss ('extra_loss', 'both')")
     mix: MixConfig = MixConfig()
 
 

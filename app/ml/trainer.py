@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from app.ml.alignment import learnable_weight, mixed_posterior
+from app.ml.alignment import learnable_weight, mixed_posterior, paper_alignment
 from app.ml.backbones import Backbone, handcrafted_features
 from app.ml.config import CleanConfig
 from app.ml.objectives import build_objective, soft_cross_entropy
@@ -230,8 +230,9 @@ def train(
             post = F.softmax(all_logits(feats, encoder(ctx), scale), dim=1)
         prev_choice = (post * cur_mask).argmax(dim=1)
 
+    paper = align.enabled and align.mode == "paper"  # the paper's rule; the others are Candor's mixed target
     use_target = align.enabled and objective.keeps_confidence and align.mode in ("target", "both")
-    use_extra = align.enabled and (not objective.keeps_confidence or align.mode in ("extra_loss", "both"))
+    use_extra = align.enabled and not paper and (not objective.keeps_confidence or align.mode in ("extra_loss", "both"))
     bsz = cfg.train.batch_size
     steps = math.ceil(n_train / bsz)
     total_steps = max(cfg.train.epochs * steps - 1, 1)
@@ -240,7 +241,7 @@ def train(
 
     for epoch in range(start_epoch, cfg.train.epochs):
         order = train_idx[torch.randperm(n_train, generator=gen).to(device)]
-        losses = []
+        losses, align_weights = [], []
         for step in range(steps):
             if hooks.should_cancel is not None and hooks.should_cancel():
                 bar.close()
@@ -252,7 +253,7 @@ def train(
             s = cur_mask[idx]
             logits = scale * feats[idx] @ encoder(ctx).T
             m = None
-            if align.enabled:
+            if align.enabled and not paper:
                 alpha = learnable_weight(mix, global_step / total_steps)
                 m = mixed_posterior(logits, prior_logits[idx], s, alpha, mix.space, mix.temperature)
             if use_target:
@@ -262,6 +263,9 @@ def train(
                 loss = objective.loss(logits, s, confidence[idx])
             if use_extra:
                 loss = loss + align.lam * soft_cross_entropy(logits, m)
+            if paper:  # trust = 1 unless auto trust capped the prior's weight
+                loss, lam = paper_alignment(loss, logits, prior_logits[idx], s, mix.prior_weight_max)
+                align_weights.append(float(lam))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -287,6 +291,8 @@ def train(
             "candidate_loglik": float(inside.clamp_min(1e-12).log().mean()),
             "changed": None if prev_choice is None else float((choice != prev_choice).float().mean()),
         }
+        if align_weights:  # the paper's adaptive weight lambda, mean over the epoch's steps
+            record["align_weight"] = sum(align_weights) / len(align_weights)
         if bool(held.any()):
             est = estimate_accuracy(post[held], mask.to(device)[held].float())
             record["holdout_accuracy_est"] = round(est.accuracy, 4)
