@@ -89,3 +89,40 @@ def test_training_never_sees_held_out_items(tiny):
     assert not torch.allclose(result.confidence[~held], init[~held])
     assert all("holdout_accuracy_est" in h for h in result.history)
     assert set(result.selection) >= {"trust", "selected_epoch", "predict_prior_weight"}
+
+
+def test_paper_mode_weight_follows_the_prior_trust(tiny):
+    """Auto trust in the paper's mode: a prior no better than guessing earns weight 0 (training is then
+    exactly the plain objective's), an informative one earns most of the paper's weight."""
+    from app.ml.backbones import handcrafted_features
+    from app.ml.config import CleanConfig
+    from app.ml.trainer import train
+
+    classes = ["cat", "dog", "bird", "fish", "horse"]
+    g = torch.Generator().manual_seed(0)
+    prior = handcrafted_features(tiny, classes, ("a photo of a {}.",))
+    n = 400
+    y = torch.randint(0, 5, (n,), generator=g)
+    mask = (torch.rand(n, 5, generator=g) < 0.3).float()
+    mask[torch.arange(n), y] = 1.0
+    informative = F.normalize(prior[y] + 0.02 * torch.randn(n, prior.shape[1], generator=g), dim=1)
+    unrelated = F.normalize(torch.randn(n, prior.shape[1], generator=g), dim=1)  # the prior's pick ignores y
+
+    def cfg(**alignment):
+        return CleanConfig(backbone="tiny").with_overrides(
+            prompt={"n_ctx": 4}, train={"epochs": 2, "optimizer": "adamw", "lr": 0.01}, alignment=alignment
+        )
+
+    paper = cfg(mode="paper", auto_trust=True)
+    good = train(tiny, classes, informative, mask, paper)
+    assert good.selection["trust"]["prior_weight_max"] > 0.5
+    assert good.selection["prior_weight_max_used"] == good.selection["trust"]["prior_weight_max"]
+    assert all(h["align_weight"] > 0.1 for h in good.history)
+
+    random_prior = train(tiny, classes, unrelated, mask, paper)
+    assert random_prior.selection["trust"]["prior_weight_max"] == 0.0
+    assert all(h["align_weight"] == 0.0 for h in random_prior.history)
+    plain = train(tiny, classes, unrelated, mask, cfg(enabled=False))
+    assert torch.equal(random_prior.ctx, plain.ctx) and torch.equal(random_prior.confidence, plain.confidence)
+    untrusted = train(tiny, classes, unrelated, mask, cfg(mode="paper", auto_trust=False))
+    assert not torch.equal(untrusted.ctx, plain.ctx)  # fully trusted, the same random prior does move training
