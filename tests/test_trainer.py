@@ -102,6 +102,26 @@ def test_alignment_modes_run_and_differ_from_plain(tiny, problem, mode):
     assert torch.allclose(aligned.confidence.sum(dim=1), torch.ones(len(mask)), atol=1e-5)
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_paper_mode_runs_on_every_objective_and_changes_training(tiny, problem, objective):
+    feats, mask, _ = problem
+    overrides = {"objective": {"name": objective, "pop_warmup": 1}, "train": {"epochs": 2}}
+    plain = train(tiny, CLASSES, feats, mask, cfg(alignment={"enabled": False}, **overrides))
+    paper = train(tiny, CLASSES, feats, mask, cfg(alignment={"mode": "paper", "auto_trust": False}, **overrides))
+    assert not torch.equal(plain.ctx, paper.ctx)
+    assert paper.selection["prior_weight_max_used"] == 1.0
+    assert all(h["align_weight"] > 0 for h in paper.history) and "align_weight" not in plain.history[0]
+
+
+def test_paper_mode_resumes_exactly(tiny, problem):
+    feats, mask, _ = problem
+    config = cfg(alignment={"mode": "paper", "auto_trust": False}, train={"epochs": 2})
+    checkpoints: list[Checkpoint] = []
+    full = train(tiny, CLASSES, feats, mask, config, hooks=Hooks(on_epoch_end=checkpoints.append))
+    resumed = train(tiny, CLASSES, feats, mask, config, resume=checkpoints[0])
+    assert torch.allclose(resumed.ctx, full.ctx, atol=1e-6) and resumed.history == full.history
+
+
 def test_prior_weight_zero_equals_no_alignment_for_target_mode(tiny, problem):
     feats, mask, _ = problem
     plain = train(tiny, CLASSES, feats, mask, cfg(alignment={"enabled": False}, train={"epochs": 2}))
