@@ -6,12 +6,16 @@ through the engine's public API (`featurize`, `train`, `outputs`) with the same 
 features are cached on disk (build/quality/features.sqlite) between runs.
 
 Rows: zero-shot (handcrafted prompt), zero-shot restricted to the candidates (the prior alone
-picks within each set), NAIVE/CC/RC/PRODEN/LWS/CAVL/POP each plain and with alignment (prior fully
-trusted), Candor's default (alignment with label-free trust), and true-label prompt learning (the
-upper bound). Columns per q: test accuracy and disambiguation accuracy (share of training items
-whose chosen label is the true one), mean ± std over the seeds, last epoch.
+picks within each set), NAIVE/CC/RC/PRODEN/LWS/CAVL/POP each plain, "+ alignment" (Candor's mixed
+target, alignment.mode = "target", prior fully trusted), "+ alignment (paper)" (the paper's rule,
+alignment.mode = "paper", exactly) and "+ alignment (paper, auto trust)" (the paper's weight times
+the prior's label-free trust cap), Candor's default (target mode with label-free trust), and
+true-label prompt learning (the upper bound). Columns per q: test accuracy and disambiguation
+accuracy (share of training items whose chosen label is the true one), mean ± std over the seeds,
+last epoch.
 
     python bench/quality.py --quick            # minutes: 2,000 training items, 1 seed, 5 epochs
+    python bench/quality.py --quick --q 0.3 --alignment-rows candor paper paper-auto   # one q, every row
     python bench/quality.py                    # 10,000 items, seeds 1 2 3, 10 epochs
     python bench/quality.py --quick --q 0.3 --bridge-n 500   # one point of the prior-strength sweep
     python bench/quality.py --quick --q 0.3 --bridge-n 500 --bridge-target template   # the trap control
@@ -50,6 +54,12 @@ from app.ml.trust import prior_trust  # noqa: E402
 
 DEFAULT_ROW = "Candor default (PRODEN + alignment, auto trust)"
 TRUE_ROW = "true labels (upper bound)"
+# The aligned rows per objective: suffix of the row name and the alignment settings.
+ALIGNMENT_ROWS: dict[str, tuple[str, dict]] = {
+    "candor": (" + alignment", {"mode": "target", "auto_trust": False}),
+    "paper": (" + alignment (paper)", {"mode": "paper", "auto_trust": False}),
+    "paper-auto": (" + alignment (paper, auto trust)", {"mode": "paper", "auto_trust": True}),
+}
 
 
 def share_right(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -68,7 +78,10 @@ def refs(images: np.ndarray, prefix: str) -> list[ImageRef]:
 
 
 def rows_for(
-    objectives: list[str], epochs: int, trust_powers: list[float] | None = None
+    objectives: list[str],
+    epochs: int,
+    trust_powers: list[float] | None = None,
+    alignment_rows: tuple[str, ...] = tuple(ALIGNMENT_ROWS),
 ) -> list[tuple[str, dict | None]]:
     """(row name, config overrides); None marks the zero-shot rows.
 
@@ -82,7 +95,9 @@ def rows_for(
     for name in objectives:
         objective = {"name": name, **({"pop_warmup": epochs // 2} if name == "pop" else {})}
         rows.append((name.upper(), {"objective": objective, "alignment": {"enabled": False}}))
-        rows.append((f"{name.upper()} + alignment", {"objective": objective, "alignment": {"auto_trust": False}}))
+        for key in alignment_rows:
+            suffix, alignment = ALIGNMENT_ROWS[key]
+            rows.append((f"{name.upper()}{suffix}", {"objective": objective, "alignment": alignment}))
     rows.append((DEFAULT_ROW, {}))
     rows.append((TRUE_ROW, {"objective": {"name": "proden"}, "alignment": {"enabled": False}}))
     return rows
@@ -154,6 +169,7 @@ GOAL_VS_PRIOR = "default disamb. ≥ zero-shot restricted"
 GOAL_VS_PLAIN = "default disamb. ≥ best plain objective"
 GOAL_HALF_GAP = "closes half the gap best plain → true labels (prior ≥ 60%): test; disamb."
 GOAL_NEAR_TRUE = "within 3 points of true labels at q = 0.3: test; disamb."
+GOAL_FAMILY = "default ≥ best of PRODEN {plain, + paper alignment, + Candor alignment} − 0.3: test; disamb."
 
 
 def goals(results: dict, names: list[str], qs: list[float]) -> str:
@@ -168,7 +184,7 @@ def goals(results: dict, names: list[str], qs: list[float]) -> str:
 
     plain = [n for n in names if n.isupper() and " + " not in n and not n.startswith("zero")]
     rows: dict[str, list[str]] = {
-        g: [] for g in (GOAL_VS_ALIGN, GOAL_VS_PRIOR, GOAL_VS_PLAIN, GOAL_HALF_GAP, GOAL_NEAR_TRUE)
+        g: [] for g in (GOAL_VS_ALIGN, GOAL_VS_PRIOR, GOAL_VS_PLAIN, GOAL_HALF_GAP, GOAL_NEAR_TRUE, GOAL_FAMILY)
     }
     for q in qs:
         d = [m(DEFAULT_ROW, q, i) for i in (0, 1)]
@@ -199,6 +215,14 @@ def goals(results: dict, names: list[str], qs: list[float]) -> str:
             rows[GOAL_HALF_GAP].append(f"n/a (prior {zs:.1f}%)")
         near = [verdict(d[i] >= t[i] - 3, f"{d[i]:.1f} vs {t[i]:.1f}") for i in (0, 1)]
         rows[GOAL_NEAR_TRUE].append("; ".join(near) if q == 0.3 else "—")
+        family = ("PRODEN", "PRODEN + alignment", "PRODEN + alignment (paper)")
+        cells = []
+        for i in (0, 1):
+            vals = {n: m(n, q, i) for n in family if m(n, q, i) is not None}
+            if vals:
+                top = max(vals, key=vals.get)
+                cells.append(verdict(d[i] >= vals[top] - 0.3, f"{d[i]:.1f} vs {top} {vals[top]:.1f}"))
+        rows[GOAL_FAMILY].append("; ".join(cells) or "—")
     lines = ["| goal | " + " | ".join(f"q = {q}" for q in qs) + " |", "|---|" + "---|" * len(qs)]
     lines += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
     return "\n".join(lines)
@@ -273,6 +297,14 @@ def main() -> int:
         "--trust-power", type=float, nargs="+", help="train only the default, with each of these trust-cap powers"
     )
     ap.add_argument("--trust-only", action="store_true", help="print the prior's label-free trust per q and seed")
+    ap.add_argument(
+        "--alignment-rows",
+        nargs="*",
+        choices=list(ALIGNMENT_ROWS),
+        default=list(ALIGNMENT_ROWS),
+        help="aligned rows per objective: candor (mixed target, prior fully trusted), paper (the paper's rule), "
+        "paper-auto (the paper's weight times the trust cap); default all three",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -353,7 +385,7 @@ def main() -> int:
     print(f"zero-shot test accuracy of the prior: {100 * zs_test_acc:.1f}%", flush=True)
 
     results: dict[tuple[str, float], list[tuple[float, float]]] = {}
-    rows = rows_for(args.objectives, epochs, args.trust_power)
+    rows = rows_for(args.objectives, epochs, args.trust_power, tuple(args.alignment_rows))
     stopping: dict[str, list[dict]] = {}
     true_runs: dict[int, tuple] = {}
     for q in args.q:
