@@ -12,6 +12,15 @@ from pathlib import Path
 
 from app.ml.config import OBJECTIVES, CleanConfig
 
+# --alignment choices: the config's alignment fields each sets ("on" and "auto" keep the configured mode).
+ALIGNMENT_CHOICES: dict[str, dict] = {
+    "off": {"enabled": False},
+    "paper": {"enabled": True, "mode": "paper", "auto_trust": False},
+    "paper-auto": {"enabled": True, "mode": "paper", "auto_trust": True},
+    "on": {"enabled": True, "auto_trust": False},
+    "auto": {"enabled": True, "auto_trust": True},
+}
+
 
 def default_cache_path() -> Path:
     base = os.environ.get("CANDOR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "candor")
@@ -36,7 +45,7 @@ def build_config(args: argparse.Namespace) -> CleanConfig:
     if args.objective:
         overrides["objective"] = {"name": args.objective}
     if args.alignment:
-        overrides["alignment"] = {"enabled": args.alignment != "off", "auto_trust": args.alignment == "auto"}
+        overrides["alignment"] = ALIGNMENT_CHOICES[args.alignment]
     train = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     if train:
         overrides["train"] = train
@@ -216,9 +225,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--objective", choices=OBJECTIVES, help="PLL objective (default proden)")
     c.add_argument(
         "--alignment",
-        choices=("off", "on", "auto"),
-        help="prompt alignment with the handcrafted prompt: auto (default) trusts the prior as far as the "
-        "candidate sets show it deserves; on trusts it fully",
+        choices=tuple(ALIGNMENT_CHOICES),
+        help="prompt alignment with the handcrafted prompt. paper: the paper's rule exactly (the objective "
+        "unchanged plus an alignment loss of equal size); paper-auto: the same, its weight scaled by the prior's "
+        "label-free trust; auto (default): Candor's mixed target (alignment.mode 'target' unless --config says "
+        "otherwise), the prior trusted as far as the candidate sets show it deserves; on: the same, the prior "
+        "fully trusted; off: none. See docs/method.md",
     )
     c.add_argument("--epochs", type=int, help="training epochs (default 20)")
     c.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -5,6 +5,7 @@ from app.core.db import Base
 from app.datasets.models import Dataset, ImageBlob, Item
 from app.jobs.models import FeatureRow, Job, JobChunk, JobResult
 from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
+from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
@@ -19,4 +20,7 @@ __all__ = [
     "JobChunk",
     "JobResult",
     "Tenant",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

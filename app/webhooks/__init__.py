@@ -1,0 +1,1 @@
+"""Webhooks: signed notifications (Standard Webhooks) when a job reaches a terminal state."""
