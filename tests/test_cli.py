@@ -190,3 +190,40 @@ def test_backbone_mismatch_is_refused(tiny, tmp_path, write_dataset, capsys):
     clf.backbone_id = "openclip:other"
     with pytest.raises(ArtifactError, match="trained on backbone"):
         clf.predict(tiny, [color_image(0)])
+
+
+@pytest.mark.parametrize(
+    "choice, expected",
+    [
+        ("paper", {"enabled": True, "mode": "paper", "auto_trust": False}),
+        ("paper-auto", {"enabled": True, "mode": "paper", "auto_trust": True}),
+        ("auto", {"enabled": True, "mode": "target", "auto_trust": True}),
+        ("on", {"enabled": True, "mode": "target", "auto_trust": False}),
+        ("off", {"enabled": False}),
+    ],
+)
+def test_alignment_flag_sets_the_mode_and_trust(choice, expected):
+    from app.cli import build_config, parser
+
+    args = parser().parse_args(["clean", "m.jsonl", "--classes", "c.txt", "--out", "o", "--alignment", choice])
+    alignment = build_config(args).alignment.model_dump()
+    assert alignment == alignment | expected
+
+
+def test_clean_with_the_papers_alignment(tmp_path, write_dataset, capsys):
+    manifest, classes = write_dataset(n=9)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "clean", manifest, "--classes", classes, "--out", out, "--alignment", "paper", *FAST)
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["alignment"]["mode"] == "paper" and saved["alignment"]["auto_trust"] is False
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(history) == 2 and all(h["align_weight"] > 0 for h in history)
+
+
+def test_config_schema_documents_the_alignment_modes(capsys):
+    code, out, _ = run(capsys, "config", "--schema")
+    assert code == 0
+    mode = json.loads(out)["$defs"]["AlignmentConfig"]["properties"]["mode"]
+    assert set(mode["enum"]) == {"paper", "target", "extra_loss", "both"}
+    assert "palace.py" in mode["description"] and "Candor's extensions" in mode["description"]
