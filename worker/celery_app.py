@@ -5,7 +5,8 @@ Queues: ``cpu`` (job start, featurisation chunks, the reaper; run as many worker
 it). Every step is idempotent, so a message whose worker process was killed is put back on its
 queue (``task_reject_on_worker_lost`` with late acks, as Celery documents for idempotent tasks);
 a poison message is bounded by the per-chunk attempt count. ``candor beat`` sends the reaper task
-every ``CANDOR_REAPER_INTERVAL_SECONDS``.
+every ``CANDOR_REAPER_INTERVAL_SECONDS`` and the webhook sweep (retries and lost deliveries) every
+``CANDOR_WEBHOOK_SWEEP_SECONDS``; webhook deliveries run on ``cpu``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ celery_app.conf.update(
             "task": "candor.reap_jobs",
             "schedule": settings.reaper_interval_seconds,
             "options": {"queue": "cpu", "expires": settings.reaper_interval_seconds},
-        }
+        },
+        "sweep-webhooks": {
+            "task": "candor.sweep_webhooks",
+            "schedule": settings.webhook_sweep_seconds,
+            "options": {"queue": "cpu", "expires": settings.webhook_sweep_seconds},
+        },
     },
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.jobs import dispatch, pipeline, reaper
+from app.webhooks import delivery
 from worker.celery_app import celery_app
 
 
@@ -24,3 +25,13 @@ def train_job(job_id: str) -> None:
 @celery_app.task(name=dispatch.REAP)
 def reap_jobs() -> int:
     return len(reaper.reap())
+
+
+@celery_app.task(name=dispatch.DELIVER_WEBHOOK)
+def deliver_webhook(delivery_id: str) -> None:
+    delivery.deliver(delivery_id)
+
+
+@celery_app.task(name=dispatch.SWEEP_WEBHOOKS)
+def sweep_webhooks() -> int:
+    return delivery.sweep()

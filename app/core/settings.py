@@ -87,6 +87,38 @@ class Settings(BaseSettings):
         60.0, ge=0.0, description="workers retry database errors with backoff for this long before giving up"
     )
 
+    webhook_allow_private: bool = Field(
+        False,
+        description="webhook URLs may resolve to loopback and private addresses (link-local and cloud metadata "
+        "addresses are refused whatever this says)",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0.0, description="a webhook request that has not answered within this many seconds has failed"
+    )
+    webhook_retry_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0],
+        min_length=1,
+        description="waits before each retry of a failed webhook delivery (comma-separated seconds); one attempt "
+        "plus one per value, then the delivery is given up",
+    )
+    webhook_sweep_seconds: float = Field(
+        30.0, gt=0.0, description="how often deliveries that are due (retries, lost messages) are sent again"
+    )
+
+    @field_validator("webhook_retry_seconds", mode="before")
+    @classmethod
+    def _split_seconds(cls, value):
+        if isinstance(value, str):
+            return [p for p in value.replace(" ", "").split(",") if p]
+        return value
+
+    @field_validator("webhook_retry_seconds")
+    @classmethod
+    def _positive_seconds(cls, value: list[float]) -> list[float]:
+        if any(not 0 < v < 7 * 24 * 3600 for v in value):
+            raise ValueError("every wait must be above 0 and below a week")
+        return value
+
     @property
     def effective_database_url(self) -> str:
         if self.embedded and self.database_url.startswith("postgresql"):

@@ -24,7 +24,8 @@ log = logging.getLogger("candor.dispatch")
 
 START, FEATURIZE, TRAIN = "candor.start_job", "candor.featurize_chunk", "candor.train_job"
 REAP = "candor.reap_jobs"
-QUEUES = {START: "cpu", FEATURIZE: "cpu", TRAIN: "gpu", REAP: "cpu"}
+DELIVER_WEBHOOK, SWEEP_WEBHOOKS = "candor.deliver_webhook", "candor.sweep_webhooks"
+QUEUES = {START: "cpu", FEATURIZE: "cpu", TRAIN: "gpu", REAP: "cpu", DELIVER_WEBHOOK: "cpu", SWEEP_WEBHOOKS: "cpu"}
 _SEP = "~"  # task ids are "<job id>~<random>", so a waiting message names its job
 
 
@@ -64,11 +65,19 @@ class InlineDispatcher:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candor-worker")
+        # webhook requests wait on other servers: a thread of their own, never ahead of a job's steps
+        self._webhooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candor-webhooks")
         self._waiting: Counter[str] = Counter()  # job id -> steps submitted, not yet started
         self._lock = threading.Lock()
 
     def send(self, task, *args):
         from app.jobs import pipeline
+
+        if task == DELIVER_WEBHOOK:
+            from app.webhooks import delivery
+
+            self._webhooks.submit(self._run_webhook, delivery.deliver, *args)
+            return
 
         fn: Callable = {START: pipeline.start_job, FEATURIZE: pipeline.featurize_chunk, TRAIN: pipeline.train_job}[task]
         with self._lock:
@@ -78,6 +87,12 @@ class InlineDispatcher:
     def waiting_jobs(self) -> set[str]:
         with self._lock:
             return {job for job, n in self._waiting.items() if n > 0}
+
+    def _run_webhook(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception:  # the delivery stays due: the next sweep sends it again
+            log.exception("embedded webhook delivery %r failed", args)
 
     def _run(self, fn, *args):
         with self._lock:

@@ -111,7 +111,8 @@ def _drive(session: Session, job_id: uuid.UUID, state: str, attempt: int, waitin
 
 
 class ReaperThread(threading.Thread):
-    """Embedded mode: the reaper in a daemon thread of the API process."""
+    """Embedded mode: the reaper, and the webhook sweep that ``candor beat`` runs otherwise, in a
+    daemon thread of the API process."""
 
     def __init__(self, interval: float | None = None):
         super().__init__(name="candor-reaper", daemon=True)
@@ -119,11 +120,14 @@ class ReaperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        from app.webhooks import delivery
+
         while not self.stopped.wait(self.interval):
-            try:
-                reap()
-            except Exception:  # a database outage: try again at the next interval
-                log.exception("reaper run failed")
+            for name, fn in (("reaper", reap), ("webhook sweep", delivery.sweep)):
+                try:
+                    fn()
+                except Exception:  # a database outage: try again at the next interval
+                    log.exception("%s run failed", name)
 
     def stop(self) -> None:
         self.stopped.set()

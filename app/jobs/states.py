@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.jobs.models import Job
+from app.webhooks import events
 
 QUEUED, FEATURIZING, TRAINING = "queued", "featurizing", "training"
 SUCCEEDED, FAILED, CANCELLING, CANCELLED = "succeeded", "failed", "cancelling", "cancelled"
@@ -61,8 +62,12 @@ def finish(
     session: Session, job_id: uuid.UUID, to: str, only_from: set[str] | None = None, owner: str | None = None, **values
 ) -> bool:
     """The one way into a terminal state (the API's cancel, the pipeline and the reaper all come
-    through here): the transition, with the progress's stage set to the new state."""
+    through here): the transition, with the progress's stage set to the new state, and the event
+    noted for the webhooks that want it."""
     if to not in TERMINAL:
         raise ValueError(f"{to} is not a terminal state")
     progress = session.scalar(select(Job.progress).where(Job.id == job_id)) or {}
-    return transition(session, job_id, to, only_from, owner, progress={**progress, "stage": to}, **values)
+    moved = transition(session, job_id, to, only_from, owner, progress={**progress, "stage": to}, **values)
+    if moved:
+        events.job_finished(session, job_id, to)  # webhooks, written with this transaction
+    return moved
