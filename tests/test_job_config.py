@@ -226,3 +226,39 @@ def test_a_tag_is_never_taken_for_a_file(tmp_path, monkeypatch, tiny):
         load_backbone("openclip:candor-tiny:laion2b")
     with pytest.raises(BackboneUnavailable, match=r"unknown pretrained tag '\.\./laion2b'"):
         load_backbone("openclip:candor-tiny:../laion2b")
+
+
+# --- presets: resolved into concrete fields at validation ---------------------------------------
+
+
+def test_preset_coop_is_resolved_into_the_stored_config(client, auth):
+    ds = new_dataset(client, auth)
+    r = submit(client, auth, ds, {"backbone": "tiny", "preset": "coop", "train": {"epochs": 3}})
+    assert r.status_code == 202, r.text
+    stored = r.json()["config"]
+    assert stored["preset"] == "coop"
+    assert stored["train"] == stored["train"] | {
+        "optimizer": "sgd",
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 1,
+        "lr_schedule": "cosine_epoch",
+        "batch_size": 32,
+        "epochs": 3,  # a field the config sets itself wins over the preset
+    }
+    assert stored["prompt"]["n_ctx"] == 16
+    plain = submit(client, auth, ds, {"backbone": "tiny", "train": {"epochs": 3}}).json()
+    assert plain["config"]["preset"] == "offline" and plain["config"]["train"]["optimizer"] == "adamw"
+    assert plain["config_hash"] != r.json()["config_hash"]
+    refused(submit(client, auth, ds, {"preset": "fast"}), "preset")
+
+
+def test_presets_resolve_the_same_way_everywhere():
+    coop = CleanConfig.model_validate({"preset": "coop"})
+    assert coop.train.optimizer == "sgd" and coop.train.lr_schedule == "cosine_epoch"
+    assert CleanConfig.model_validate(coop.model_dump(mode="json")) == coop  # a stored config re-validates as is
+    assert CleanConfig().with_overrides(preset="coop") == coop
+    assert CleanConfig().with_overrides(preset="coop", train={"lr": 0.01}).train.lr == 0.01
+    assert coop.with_overrides(preset="offline") == CleanConfig()  # the defaults are the offline preset
+    assert CleanConfig.model_validate({"train": {"optimizer": "sgd"}}).preset == "offline"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import safetensors.torch
@@ -30,8 +31,10 @@ def problem(tiny):
     return feats, mask, y
 
 
-def cfg(**sections):
+def cfg(preset: str | None = None, **sections):
     base = {"prompt": {"n_ctx": 4}, "train": {"epochs": 4, "optimizer": "adamw", "lr": 0.01, "batch_size": 32}}
+    if preset:  # the preset's recipe, the test's size
+        base = {"prompt": {"n_ctx": 4}, "train": {"epochs": 4, "batch_size": 32}, "preset": preset}
     for key, value in sections.items():
         base[key] = base.get(key, {}) | value
     return CleanConfig(backbone="tiny").with_overrides(**base)
@@ -144,3 +147,35 @@ def test_empty_candidate_row_is_rejected(tiny, problem):
     bad[5] = 0
     with pytest.raises(ValueError, match="item 5 has an empty candidate set"):
         train(tiny, CLASSES, feats, bad, cfg())
+
+
+def test_cosine_per_epoch_follows_dassl_after_a_constant_warmup():
+    """CoOp's schedule: 1e-5 during the warm-up epoch, then torch's CosineAnnealingLR(T_max=epochs) stepped
+    once an epoch from its start (Dassl's ConstantWarmupScheduler with WARMUP_RECOUNT)."""
+    from app.ml.trainer import _lr_at
+
+    config = CleanConfig().with_overrides(preset="coop", train={"epochs": 6})
+    steps = 4
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
+    expected = [1e-5]
+    for _ in range(5):
+        expected.append(cosine.get_last_lr()[0])
+        opt.step()
+        cosine.step()
+    got = [[_lr_at(config, e * steps + j, steps) for j in range(steps)] for e in range(6)]
+    assert all(row == [row[0]] * steps for row in got)  # constant within an epoch
+    assert [row[0] for row in got] == pytest.approx(expected, rel=1e-9)
+    per_step = CleanConfig().with_overrides(train={"epochs": 6})
+    assert _lr_at(per_step, 1, steps) < _lr_at(per_step, 0, steps)  # the offline preset: cosine per step
+
+
+def test_coop_preset_trains_with_sgd_momentum_and_a_warmup_epoch(tiny, problem):
+    feats, mask, _ = problem
+    checkpoints: list[Checkpoint] = []
+    result = train(tiny, CLASSES, feats, mask, cfg(preset="coop"), hooks=Hooks(on_epoch_end=checkpoints.append))
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    first, second = (c.optimizer for c in checkpoints[:2])
+    assert first["param_groups"][0]["lr"] == 1e-5 and second["param_groups"][0]["lr"] == pytest.approx(0.002)
+    assert first["param_groups"][0]["momentum"] == 0.9 and first["param_groups"][0]["weight_decay"] == 5e-4
+    assert "momentum_buffer" in first["state"][0]  # SGD with momentum, not AdamW

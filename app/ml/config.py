@@ -11,7 +11,7 @@ import json
 from string import Formatter
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ObjectiveName = Literal["naive", "cc", "rc", "proden", "lws", "cavl", "pop"]
 OBJECTIVES: tuple[str, ...] = ("naive", "cc", "rc", "proden", "lws", "cavl", "pop")
@@ -142,6 +142,12 @@ class TrainConfig(_Frozen):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     warmup_epochs: int = Field(0, ge=0, le=1000, description="epochs at constant lr 1e-5 before the cosine schedule")
+    lr_schedule: Literal["cosine_step", "cosine_epoch"] = Field(
+        "cosine_step",
+        description="'cosine_step': cosine from lr to 0 over the steps after warm-up; 'cosine_epoch': CoOp's (Dassl's) "
+        "cosine per epoch, lr constant within an epoch, 0.5 lr (1 + cos(pi e / epochs)) at the e-th epoch after "
+        "warm-up",
+    )
     seed: int = Field(0, ge=SEED_MIN, le=SEED_MAX, description="seed of every random draw (torch's range)")
 
 
@@ -185,9 +191,50 @@ class FeatureConfig(_Frozen):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+PresetName = Literal["offline", "coop"]
+# Training recipes as data: a preset fills the fields it names unless the config sets them itself.
+PRESETS: dict[str, dict[str, dict]] = {
+    # Candor's defaults, tuned on the offline backbone (docs/results.md).
+    "offline": {
+        "prompt": {"n_ctx": 16},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 0.002,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "warmup_epochs": 0,
+            "lr_schedule": "cosine_step",
+            "batch_size": 32,
+        },
+    },
+    # CoOp's recipe (KaiyangZhou/CoOp configs/trainers/CoOp/rn50.yaml with Dassl's optimiser defaults), which
+    # the paper's code (zhangzf01/CoOpPLL) inherits: SGD, momentum 0.9, weight decay 5e-4, one warm-up epoch at
+    # 1e-5, cosine per epoch, 16 context vectors, batch 32. Epochs are not part of it (CoOp: 50-200).
+    "coop": {
+        "prompt": {"n_ctx": 16},
+        "train": {
+            "optimizer": "sgd",
+            "lr": 0.002,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "warmup_epochs": 1,
+            "lr_schedule": "cosine_epoch",
+            "batch_size": 32,
+        },
+    },
+}
+
+
 class CleanConfig(_Frozen):
     """Everything a cleaning job needs besides its data."""
 
+    preset: PresetName = Field(
+        "offline",
+        description="training recipe the prompt and train fields start from: 'offline' (Candor's defaults, tuned on "
+        "the offline backbone) or 'coop' (CoOp's and the paper's: SGD lr 0.002 momentum 0.9, weight decay 5e-4, one "
+        "warm-up epoch at 1e-5, cosine per epoch, 16 context vectors, batch 32; for CLIP checkpoints). Resolved at "
+        "validation: fields the config sets itself win, the stored config holds every value",
+    )
     backbone: str = Field(
         "offline",
         max_length=4096,
@@ -204,6 +251,24 @@ class CleanConfig(_Frozen):
     features: FeatureConfig = FeatureConfig()
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        """Fill the fields the preset names and the config leaves out (explicit fields win)."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "offline")
+        if preset not in PRESETS:
+            return data  # the field's own validation names the allowed values
+        data = dict(data)
+        for section, values in PRESETS[preset].items():
+            given = data.get(section)
+            if isinstance(given, BaseModel):
+                given = given.model_dump()
+            if given is None or isinstance(given, dict):
+                data[section] = {**values, **(given or {})}
+        return data
 
     @field_validator("backbone")
     @classmethod
@@ -223,8 +288,13 @@ class CleanConfig(_Frozen):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def with_overrides(self, **sections: dict) -> CleanConfig:
-        """Return a copy with nested sections updated from plain dicts (CLI flags, API fields)."""
+        """Return a copy with nested sections updated from plain dicts (CLI flags, API fields).
+
+        A ``preset`` among them is applied first, over this config's values; the other sections
+        then override the preset."""
         data = self.model_dump(mode="json")
+        if sections.get("preset") in PRESETS:
+            data = _deep_merge(data, PRESETS[sections["preset"]])
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = _deep_merge(data[key], value)

@@ -152,11 +152,16 @@ def _optimizer(params: list[nn.Parameter], cfg: CleanConfig) -> torch.optim.Opti
 
 
 def _lr_at(cfg: CleanConfig, step: int, steps_per_epoch: int) -> float:
-    """CoOp's schedule: optional constant warm-up at 1e-5, then cosine from lr to 0."""
+    """Optional constant warm-up at 1e-5, then cosine: from lr to 0 over the remaining steps
+    ('cosine_step'), or CoOp's per epoch ('cosine_epoch': Dassl's CosineAnnealingLR over ``epochs``
+    epochs, stepped once an epoch and restarted after the warm-up, as ConstantWarmupScheduler does)."""
     t = cfg.train
     warm = t.warmup_epochs * steps_per_epoch
     if step < warm:
         return 1e-5
+    if t.lr_schedule == "cosine_epoch":
+        after = step // steps_per_epoch - t.warmup_epochs
+        return 0.5 * t.lr * (1.0 + math.cos(math.pi * after / t.epochs))
     total = max(t.epochs * steps_per_epoch - warm, 1)
     return 0.5 * t.lr * (1.0 + math.cos(math.pi * (step - warm) / total))
 
