@@ -40,6 +40,8 @@ def build_config(args: argparse.Namespace) -> CleanConfig:
         except ValueError as exc:
             raise InputError(f"config file {args.config!r}: {exc}") from exc
     overrides: dict = {}
+    if args.preset:
+        overrides["preset"] = args.preset
     if args.backbone:
         overrides["backbone"] = args.backbone
     if args.objective:
@@ -231,6 +233,13 @@ def parser() -> argparse.ArgumentParser:
         "label-free trust; auto (default): Candor's mixed target (alignment.mode 'target' unless --config says "
         "otherwise), the prior trusted as far as the candidate sets show it deserves; on: the same, the prior "
         "fully trusted; off: none. See docs/method.md",
+    )
+    c.add_argument(
+        "--preset",
+        choices=("offline", "coop"),
+        help="training recipe: offline (default; AdamW, cosine per step, tuned on the offline backbone) or coop "
+        "(CoOp's and the paper's: SGD lr 0.002 momentum 0.9, weight decay 5e-4, one warm-up epoch, cosine per epoch; "
+        "for CLIP checkpoints); applied over --config, under the other flags",
     )
     c.add_argument("--epochs", type=int, help="training epochs (default 20)")
     c.add_argument("--seed", type=int, help="random seed (default 0)")

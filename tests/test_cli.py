@@ -227,3 +227,15 @@ def test_config_schema_documents_the_alignment_modes(capsys):
     mode = json.loads(out)["$defs"]["AlignmentConfig"]["properties"]["mode"]
     assert set(mode["enum"]) == {"paper", "target", "extra_loss", "both"}
     assert "palace.py" in mode["description"] and "Candor's extensions" in mode["description"]
+
+
+def test_preset_flag_applies_the_recipe_under_the_other_flags(tmp_path):
+    from app.cli import build_config, parser
+
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"train": {"optimizer": "adamw", "weight_decay": 0.1, "seed": 4}}))
+    argv = ["clean", "m.jsonl", "--classes", "c.txt", "--out", "o", "--config", str(cfg_file)]
+    cfg = build_config(parser().parse_args([*argv, "--preset", "coop", "--epochs", "7"]))
+    assert cfg.preset == "coop" and cfg.train.optimizer == "sgd" and cfg.train.weight_decay == 5e-4
+    assert cfg.train.epochs == 7 and cfg.train.seed == 4  # the flags win; the file keeps what the preset leaves
+    assert build_config(parser().parse_args(argv)).train.weight_decay == 0.1
