@@ -290,6 +290,10 @@ def parser() -> argparse.ArgumentParser:
     du = db_sub.add_parser("upgrade", help="apply all migrations")
     du.add_argument("--embedded", action="store_true", help="migrate the database `candor serve --embedded` uses")
     du.set_defaults(func=cmd_db_upgrade)
+
+    from candor.cli import add_remote_parser
+
+    add_remote_parser(sub)  # `candor remote ...`: the same work against a Candor service
     return p
 
 

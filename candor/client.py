@@ -596,9 +596,12 @@ def _in_batch(
             (i | {"index": i["index"] + start}) if isinstance(i, dict) and isinstance(i.get("index"), int) else i
             for i in problem["items"]
         ]
-    where = f"batch {number} of {count} (upload items {start}-{start + size - 1})"
-    stored = f"; the {done.created + done.unchanged} items of earlier batches are stored" if start else ""
-    new = type(exc)(f"{exc} [{where}{stored}]", status=exc.status, problem=problem)
+    message = str(exc)
+    if count > 1:
+        where = f"batch {number} of {count} (upload items {start}-{start + size - 1})"
+        stored = f"; the {done.created + done.unchanged} items of earlier batches are stored" if start else ""
+        message += f" [{where}{stored}]"
+    new = type(exc)(message, status=exc.status, problem=problem)
     new.uploaded = done  # type: ignore[attr-defined]
     return new
 
