@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from app.ml.config import OBJECTIVES, CleanConfig
+from app.ml.objective_registry import objective_help
 
 # --alignment choices: the config's alignment fields each sets ("on" and "auto" keep the configured mode).
 ALIGNMENT_CHOICES: dict[str, dict] = {
@@ -224,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--classes", required=True, help='text file, one class a line (or JSON {"classes": [...]})')
     c.add_argument("--out", required=True, help="output folder: results.jsonl, metrics.json, classifier/")
     c.add_argument("--backbone", help="offline (default) | tiny | openclip:MODEL[:PRETRAINED_OR_FILE]")
-    c.add_argument("--objective", choices=OBJECTIVES, help="PLL objective (default proden)")
+    c.add_argument("--objective", choices=OBJECTIVES, help=objective_help())
     c.add_argument(
         "--alignment",
         choices=tuple(ALIGNMENT_CHOICES),

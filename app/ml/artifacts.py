@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as st_save
 
 from app.ml.backbones import Backbone
-from app.ml.objectives import restrict
+from app.ml.objectives import log_mix, restrict_logits
 
 FORMAT = "candor.classifier/1"
 TENSOR_FILE = "classifier.safetensors"
@@ -61,21 +61,26 @@ class Classifier:
 
     # ---- prediction -------------------------------------------------------------------------
     def probabilities(self, features: torch.Tensor, candidates: Sequence[str] | None = None) -> torch.Tensor:
-        """(B, K) posterior from (B, D) image features; zero outside ``candidates`` when given."""
+        """(B, K) posterior from (B, D) image features; zero outside ``candidates`` when given.
+
+        Computed in log space (the prior mixed in with logaddexp, the restriction a softmax over the
+        candidates with every other class at -inf), so a restricted row sums to one for any logit
+        gap. An empty ``candidates`` (None or []) means no restriction.
+        """
         feats = features.float()
-        probs = F.softmax(self.logit_scale * feats @ self.class_features.T.to(feats.device), dim=1)
+        log_probs = F.log_softmax(self.logit_scale * feats @ self.class_features.T.to(feats.device), dim=1)
         if self.prior_weight > 0:
-            prior = F.softmax(self.logit_scale * feats @ self.prior_features.T.to(feats.device), dim=1)
-            probs = (1 - self.prior_weight) * probs + self.prior_weight * prior
-        if candidates:
-            index = {c: k for k, c in enumerate(self.classes)}
-            unknown = [c for c in candidates if c not in index]
-            if unknown:
-                raise ArtifactError(f"candidate {unknown[0]!r} is not among the classifier's classes")
-            keep = torch.zeros(len(self.classes), device=probs.device)
-            keep[[index[c] for c in candidates]] = 1.0
-            probs = restrict(probs, keep.expand_as(probs))
-        return probs
+            log_prior = F.log_softmax(self.logit_scale * feats @ self.prior_features.T.to(feats.device), dim=1)
+            log_probs = log_mix(log_probs, log_prior, self.prior_weight)
+        if not candidates:
+            return log_probs.exp()
+        index = {c: k for k, c in enumerate(self.classes)}
+        unknown = [c for c in candidates if c not in index]
+        if unknown:
+            raise ArtifactError(f"candidate {unknown[0]!r} is not among the classifier's classes")
+        keep = torch.zeros(len(self.classes), device=log_probs.device)
+        keep[[index[c] for c in candidates]] = 1.0
+        return restrict_logits(log_probs, keep.expand_as(log_probs))
 
     def check_backbone(self, backbone: Backbone) -> None:
         if backbone.id != self.backbone_id:

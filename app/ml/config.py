@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ObjectiveName = Literal["naive", "cc", "rc", "proden", "lws", "cavl", "pop"]
-OBJECTIVES: tuple[str, ...] = ("naive", "cc", "rc", "proden", "lws", "cavl", "pop")
+# The objectives, their names and their config sections come from one registry (as data).
+from app.ml.objective_registry import OBJECTIVES, ObjectiveConfig, ObjectiveName  # noqa: F401 (re-exported)
 
 # torch.manual_seed and torch.Generator.manual_seed accept exactly this range (a RuntimeError
 # otherwise); tests/test_job_config.py checks both ends against torch itself.
@@ -77,24 +77,6 @@ class PromptConfig(_Frozen):
             if not value.strip():
                 raise ValueError("ctx_init is blank; leave it out (null) for a random context")
         return value
-
-
-class ObjectiveConfig(_Frozen):
-    """Partial-label objective and its own hyper-parameters (method.md §4)."""
-
-    name: ObjectiveName = "proden"
-    naive_variant: Literal["uniform", "cc"] = Field(
-        "uniform", description="NAIVE as -sum (s/|S|) log p ('uniform') or as CC ('cc')"
-    )
-    lws_weight: float = Field(2.0, ge=0.0, le=100.0, description="LWS beta: weight of the non-candidate term")
-    lws_loss: Literal["log", "sigmoid"] = Field(
-        "log", description="LWS per-class loss: -log p / -log(1-p) ('log') or the paper's sigmoid psi(z)"
-    )
-    pop_warmup: int = Field(20, ge=0, description="POP: epochs before candidate sets are purified")
-    pop_window: int = Field(5, ge=1, description="POP: epochs of confidences averaged for purification")
-    pop_theta: float = Field(1e-3, gt=0.0, description="POP: initial purification threshold")
-    pop_theta_growth: float = Field(1e-3, ge=0.0, description="POP: theta <- theta (1 + growth)")
-    pop_theta_max: float = Field(0.01, gt=0.0, description="POP: theta stops growing here")
 
 
 class MixConfig(_Frozen):

@@ -27,14 +27,19 @@ class CleanOutput:
     train: TrainResult
 
 
+def _log(log_p: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    """The exact log-posterior where training kept it, else the log of the probabilities."""
+    return log_p if log_p is not None else p.double().log()
+
+
 def job_metrics(result: TrainResult, mask: torch.Tensor) -> dict:
     """Label-free summaries of a finished job (no true labels needed)."""
     m = mask.double()
     k = m.shape[1]
     size = m.sum(dim=1)
     prior_top = result.prior_posterior.argmax(dim=1)
-    learned_choice = choice_within(result.posterior, m)
-    prior_choice = choice_within(result.prior_posterior, m)
+    learned_choice = choice_within(_log(result.log_posterior, result.posterior), m)
+    prior_choice = choice_within(_log(result.log_prior_posterior, result.prior_posterior), m)
     return {
         "items": int(m.shape[0]),
         "classes": int(k),
@@ -53,7 +58,14 @@ def outputs(
     backbone: Backbone, ids: list[str], classes: list[str], mask: torch.Tensor, cfg: CleanConfig, result: TrainResult
 ) -> CleanOutput:
     """Per-item results, job metrics and the classifier artifact of a finished training run."""
-    items = item_results(ids, classes, result.posterior, mask, cfg.output, result.prior_posterior)
+    items = item_results(
+        ids,
+        classes,
+        _log(result.log_posterior, result.posterior),
+        mask,
+        cfg.output,
+        _log(result.log_prior_posterior, result.prior_posterior),
+    )
     metrics = job_metrics(result, mask)
     classifier = Classifier(
         backbone=backbone.spec,

@@ -8,34 +8,81 @@ how to turn them into a loss and how to update them after each optimizer step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from app.ml.config import ObjectiveConfig
+from app.ml.objective_registry import OBJECTIVES, SPECS_BY_NAME, ObjectiveSpec
 
-EPS = 1e-12
+
+def require_candidates(mask: torch.Tensor) -> None:
+    empty = (mask <= 0).all(dim=1)
+    if bool(empty.any()):
+        raise ValueError(
+            f"candidate mask row {int(empty.nonzero()[0])} is empty: every item needs at least one candidate"
+        )
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax of ``scores`` over the entries where ``mask`` > 0, exactly zero elsewhere.
+
+    Computed in log space: every entry outside the mask is set to -inf and the row's logsumexp over
+    the mask is subtracted (in float64, returned in the dtype of ``scores``), so a row sums to one
+    to rounding for any gap between its scores; no division by a clamped total. ``scores`` may be
+    logits or log-probabilities (both give the same result).
+
+    Defined edge cases: a row whose mask is empty comes out all zeros (LWS's non-candidate part of
+    an item whose set holds every class); a row whose masked scores are all -inf (probabilities
+    that underflowed to exactly zero) comes out uniform over its mask.
+    """
+    keep = mask > 0
+    z = scores.detach().double().masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    finite = torch.isfinite(lse)
+    out = torch.exp(z - torch.where(finite, lse, torch.zeros_like(lse)))
+    uniform = keep.double() / keep.sum(dim=1, keepdim=True).clamp_min(1)
+    out = torch.where(finite, out, uniform)
+    return out.to(scores.dtype if scores.is_floating_point() else torch.float32)
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to sum to one; an all-zero row stays zero."""
-    total = x.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, x / total.clamp_min(EPS), torch.zeros_like(x))
+    """Non-negative rows scaled to sum to one (in log space); an all-zero row stays zero."""
+    return masked_softmax(x.double().log(), x > 0).to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+def restrict_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The posterior softmax(logits) restricted to the candidates and renormalised inside them.
+
+    Exact for any logit gap (see :func:`masked_softmax`). A row with no candidate raises
+    ValueError naming the row: every item needs at least one candidate.
+    """
+    require_candidates(mask)
+    return masked_softmax(logits, mask)
 
 
 def restrict(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``p`` restricted to the candidates and renormalised inside them.
+    """Probabilities ``p`` restricted to the candidates and renormalised inside them.
 
-    A row whose candidates all got zero probability (float underflow) falls back to uniform over
-    its candidates; a row with no candidate at all is an error.
+    Normalised in log space (log p, logsumexp over the candidates), so a row sums to one however
+    small its candidate mass, as long as it is not exactly zero; a row whose candidates all have
+    probability exactly zero (float underflow) falls back to uniform over its candidates. Pass
+    logits to :func:`restrict_logits` where they exist: they never underflow. A row with no
+    candidate raises ValueError naming the row.
     """
-    if bool((mask.sum(dim=1) == 0).any()):
-        raise ValueError("a candidate mask row is empty: every item needs at least one candidate")
-    masked = p * mask
-    total = masked.sum(dim=1, keepdim=True)
-    uniform = mask / mask.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, masked / total.clamp_min(EPS), uniform)
+    require_candidates(mask)
+    return masked_softmax(p.double().log(), mask).to(p.dtype)
+
+
+def log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tensor:
+    """log((1 - weight) p + weight q) from log p and log q (logaddexp: exact where p or q underflow)."""
+    if weight <= 0:
+        return log_p
+    if weight >= 1:
+        return log_q
+    return torch.logaddexp(log_p + math.log1p(-weight), log_q + math.log(weight))
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,14 +90,33 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-@dataclass
 class Objective:
-    """Base class. Subclasses override what differs; the defaults are PRODEN's."""
+    """Base class. Subclasses override what differs; the defaults are PRODEN's.
 
-    cfg: ObjectiveConfig
-    name: str = "base"
-    keeps_confidence: bool = True
-    state: dict = field(default_factory=dict)
+    ``spec`` is the objective's registry entry (app/ml/objective_registry.py); it says whether the
+    objective keeps confidences and whether the trainer updates them from the outputs computed
+    before the optimizer step (PRODEN, POP: their references reuse the step's own forward pass) or
+    from the batch run again after the step (RC, LWS, LWC, CAVL: their references do that).
+    """
+
+    spec: ClassVar[ObjectiveSpec]
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.state: dict[str, torch.Tensor] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def keeps_confidence(self) -> bool:
+        return self.spec.update != "none"
+
+    @property
+    def update_after_step(self) -> bool:
+        """True when the confidence update wants the batch's outputs after the optimizer step."""
+        return self.spec.update == "after_step"
 
     def init_confidence(self, mask: torch.Tensor) -> torch.Tensor:
         return normalize_rows(mask.float())
@@ -65,7 +131,7 @@ class Objective:
         """
         if target is not None:
             return target
-        return restrict(F.softmax(logits, dim=1), mask)
+        return restrict_logits(logits, mask)
 
     @torch.no_grad()
     def update(
@@ -76,12 +142,13 @@ class Objective:
         mask: torch.Tensor,
         target: torch.Tensor | None = None,
     ) -> None:
-        """No-grad confidence update for the batch ``idx``, right after the optimizer step."""
+        """No-grad confidence update for the batch ``idx``, called right after the optimizer step
+        with the logits :attr:`update_after_step` asks for."""
         if self.keeps_confidence:
             w[idx] = self.confidence_from(logits.detach(), mask, target).to(w.dtype)
 
     def on_epoch_end(self, epoch: int, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Hook at the end of each epoch; may return a new candidate mask (POP)."""
+        """Hook at the end of each epoch (0-based ``epoch``); may return a new candidate mask (POP)."""
         return mask
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -91,16 +158,19 @@ class Objective:
         self.state = dict(state)
 
 
-class Naive(Objective):
-    """NAIVE: RC frozen at its initialisation (-sum (s/|S|) log p), or plain CC."""
+_IMPLEMENTATIONS: dict[str, type[Objective]] = {}
 
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="naive", keeps_confidence=False)
 
-    def loss(self, logits, mask, w):
-        if self.cfg.naive_variant == "cc":
-            return cc_loss(logits, mask)
-        return soft_cross_entropy(logits, normalize_rows(mask.float()))
+def _implements(name: str):
+    """Class decorator: the implementation of registry entry ``name`` (KeyError if there is none)."""
+    spec = SPECS_BY_NAME[name]
+
+    def register(cls: type[Objective]) -> type[Objective]:
+        cls.spec = spec
+        _IMPLEMENTATIONS[name] = cls
+        return cls
+
+    return register
 
 
 def cc_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -109,75 +179,101 @@ def cc_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(masked, dim=1)).mean()
 
 
-class CC(Objective):
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="cc", keeps_confidence=False)
+@_implements("naive")
+class Naive(Objective):
+    """NAIVE: RC frozen at its initialisation (-sum (s/|S|) log p), or plain CC."""
 
+    def loss(self, logits, mask, w):
+        if self.cfg.naive.variant == "cc":
+            return cc_loss(logits, mask)
+        return soft_cross_entropy(logits, normalize_rows(mask.float()).to(logits.dtype))
+
+
+@_implements("cc")
+class CC(Objective):
     def loss(self, logits, mask, w):
         return cc_loss(logits, mask)
 
 
+@_implements("rc")
 class RC(Objective):
-    """RC (Feng et al. 2020): -sum w log p; w <- s*p / sum(s*p) after every step."""
-
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="rc")
+    """RC (Feng et al. 2020): -sum w log p; after every optimizer step the batch is run again and
+    w <- s*p / sum(s*p) from those outputs."""
 
 
+@_implements("proden")
 class PRODEN(Objective):
-    """PRODEN (Lv et al. 2020): the same loss and update as RC."""
-
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="proden")
+    """PRODEN (Lv et al. 2020): RC's loss and rule, applied to the step's own outputs (before the
+    optimizer step). A candidate whose confidence underflows to zero stays a candidate."""
 
 
-class LWS(Objective):
-    """LWS (Wen et al. 2021).
+class _LeveragedWeighted(Objective):
+    """Wen et al. 2021: w starts at 1/K over all classes; w <- normalize(s*p) + normalize((1-s)*p)
+    from the batch run again after the step. The loss is averaged over the batch."""
 
-    ``lws_loss="sigmoid"``: loss = sum_k w_k s_k psi(z_k) + beta sum_k w_k (1 - s_k) psi(-z_k) with
-    psi(u) = 1 / (1 + e^u), as in the paper. At CLIP's logit scale (100 x cosine, logits of 20-100)
-    psi saturates and the gradient vanishes, so the default ``"log"`` uses -log p_k and
-    -log(1 - p_k) on the softmax in place of psi(z_k) and psi(-z_k), as prompt-learning code for
-    CLIP does. Averaged over the batch; w starts at 1/K over all classes;
-    w <- normalize(s*p) + normalize((1-s)*p).
-    """
-
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="lws")
+    beta: float
 
     def init_confidence(self, mask):
         k = mask.shape[1]
         return torch.full(mask.shape, 1.0 / k, dtype=torch.float32)
 
+    def terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class losses for a candidate and for a non-candidate."""
+        raise NotImplementedError
+
     def loss(self, logits, mask, w):
-        s = mask.float()
-        if self.cfg.lws_loss == "sigmoid":
-            pos_term, neg_term = torch.sigmoid(-logits), torch.sigmoid(logits)
-        else:
-            log_p = F.log_softmax(logits, dim=1)
-            pos_term = -log_p
-            neg_term = -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+        s = mask.to(logits.dtype)
+        pos_term, neg_term = self.terms(logits)
         pos = (w * s * pos_term).sum(dim=1)
         neg = (w * (1 - s) * neg_term).sum(dim=1)
-        return (pos + self.cfg.lws_weight * neg).mean()
+        return (pos + self.beta * neg).mean()
 
     def confidence_from(self, logits, mask, target):
-        p = F.softmax(logits, dim=1)
-        s = mask.float()
-        inside = target if target is not None else normalize_rows(p * s)
-        return inside + normalize_rows(p * (1 - s))
+        inside = target if target is not None else restrict_logits(logits, mask)
+        return inside + masked_softmax(logits, 1 - mask).to(inside.dtype)
 
 
-class CAVL(Objective):
-    """CAVL (Zhang et al. 2022): w <- onehot(argmax_{k in S} z_k |1 - z_k|) on the raw logits.
+@_implements("lws")
+class LWS(_LeveragedWeighted):
+    """LWS as in the paper: psi(z_k) for a candidate, psi(-z_k) for a non-candidate, psi(u) = 1/(1+e^u).
 
-    With CLIP-scale logits (logit_scale x cosine, mostly > 1) z|1-z| is increasing in z, so the
-    choice is the top candidate logit; below 1 the score follows CAVL's definition literally.
-    With alignment the one-hot goes to the argmax of the mixed target instead.
+    At CLIP's logit scale (100 x cosine, logits of 20-100) psi saturates and its gradient all but
+    vanishes; LWC is the form that learns there.
     """
 
-    def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="cavl")
+    @property
+    def beta(self) -> float:
+        return self.cfg.lws.beta
+
+    def terms(self, logits):
+        return torch.sigmoid(-logits), torch.sigmoid(logits)
+
+
+@_implements("lwc")
+class LWC(_LeveragedWeighted):
+    """LWC, the cross-entropy form of the leveraged weighted loss: -log p_k for a candidate and
+    -log(1 - p_k) for a non-candidate (p_k capped at 1 - 1e-6 there)."""
+
+    @property
+    def beta(self) -> float:
+        return self.cfg.lwc.beta
+
+    def terms(self, logits):
+        log_p = F.log_softmax(logits, dim=1)
+        return -log_p, -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+
+
+@_implements("cavl")
+class CAVL(Objective):
+    """CAVL (Zhang et al. 2022): w <- onehot(argmax_{k in S} z_k |1 - z_k|) on the raw logits of
+    the batch run again after the step.
+
+    The argmax is taken among the candidates only (masked to -inf). The reference multiplies the
+    score by the mask instead, so when every candidate scores below zero it picks a non-candidate;
+    Candor never does. With CLIP-scale logits (logit_scale x cosine, mostly > 1) z|1-z| is
+    increasing in z, so the choice is the top candidate logit. With alignment the one-hot goes to
+    the argmax of the mixed target instead.
+    """
 
     def confidence_from(self, logits, mask, target):
         if target is not None:
@@ -187,48 +283,51 @@ class CAVL(Objective):
         return F.one_hot(score.argmax(dim=1), num_classes=logits.shape[1]).float()
 
 
+@_implements("pop")
 class POP(Objective):
     """POP (Xu et al. 2023): PRODEN updates plus progressive purification of the candidate sets.
 
-    At each epoch end the confidences are pushed into a window of ``pop_window`` epochs. After
-    ``pop_warmup`` epochs, a candidate k of item i is dropped when mean_k / max_j mean_j < theta
-    (the item's best candidate always stays), and w <- normalize(mean * purified s). When fewer
-    than 0.01% of the mask entries change, theta <- theta (1 + growth), up to ``pop_theta_max``.
+    At each epoch end the confidences are pushed into a window of the last ``pop.window`` epochs.
+    At the end of 0-based epoch ``pop.warmup`` and every ``pop.interval`` epochs after it, a
+    candidate k of item i is dropped when mean_k / max_j mean_j < theta (the item's best candidate
+    always stays), and w <- normalize(mean * purified s). When fewer than 0.01% of the mask entries
+    changed, theta <- theta (1 + growth), as long as theta < ``pop.theta_max``.
     """
 
     def __init__(self, cfg: ObjectiveConfig):
-        super().__init__(cfg, name="pop")
-        self.state = {"theta": torch.tensor(cfg.pop_theta, dtype=torch.float64)}
+        super().__init__(cfg)
+        self.state = {"theta": torch.tensor(cfg.pop.theta, dtype=torch.float64)}
+
+    def purifies_after(self, epoch: int) -> bool:
+        """Whether the end of 0-based ``epoch`` purifies."""
+        p = self.cfg.pop
+        return epoch >= p.warmup and (epoch - p.warmup) % p.interval == 0
 
     def on_epoch_end(self, epoch, w, mask):
+        p = self.cfg.pop
         window = self.state.get("window")
         snap = w.detach().clone().unsqueeze(0)
-        window = snap if window is None else torch.cat([window, snap])[-self.cfg.pop_window :]
+        window = snap if window is None else torch.cat([window, snap])[-p.window :]
         self.state["window"] = window
-        if epoch + 1 < self.cfg.pop_warmup:
+        if not self.purifies_after(epoch):
             return mask
-        mean = window.mean(dim=0)
+        mean = window.double().mean(dim=0)
         theta = float(self.state["theta"])
-        best = mean.max(dim=1, keepdim=True).values.clamp_min(EPS)
-        keep = (mean / best >= theta).float() * mask
+        best = mean.max(dim=1, keepdim=True).values
+        ratio = torch.where(best > 0, mean / torch.where(best > 0, best, torch.ones_like(best)), torch.zeros_like(mean))
+        keep = (ratio >= theta).to(mask.dtype) * mask
         keep[torch.arange(mask.shape[0]), (mean * mask).argmax(dim=1)] = 1.0
         changed = int((keep != mask).sum())
-        if changed < 1e-4 * mask.numel() and theta < self.cfg.pop_theta_max:
-            self.state["theta"] = torch.tensor(theta * (1 + self.cfg.pop_theta_growth), dtype=torch.float64)
-        w.copy_(restrict(mean, keep))
+        if changed < 1e-4 * mask.numel() and theta < p.theta_max:
+            self.state["theta"] = torch.tensor(theta * (1 + p.theta_growth), dtype=torch.float64)
+        w.copy_(restrict(mean, keep).to(w.dtype))
         return keep
 
 
-_REGISTRY: dict[str, type[Objective]] = {
-    "naive": Naive,
-    "cc": CC,
-    "rc": RC,
-    "proden": PRODEN,
-    "lws": LWS,
-    "cavl": CAVL,
-    "pop": POP,
-}
+_missing = [name for name in OBJECTIVES if name not in _IMPLEMENTATIONS]
+if _missing:  # pragma: no cover - a registry entry without an implementation is a programming error
+    raise ImportError(f"objectives without an implementation: {', '.join(_missing)}")
 
 
 def build_objective(cfg: ObjectiveConfig) -> Objective:
-    return _REGISTRY[cfg.name](cfg)
+    return _IMPLEMENTATIONS[cfg.name](cfg)

@@ -9,6 +9,11 @@ For item i with candidate set S_i and the adapted model's posterior p over all K
 * ``ambiguous``: margin < ``output.ambiguous_margin`` (default 0.2);
 * ``candidates_suspect``: outside_mass > ``output.suspect_outside_mass`` (default 0.8): the model
   puts most of its belief on labels outside the candidate set.
+
+Everything is computed from the log-posterior (or the logits) in log space: the restriction is a
+softmax over the candidates with every other class at -inf, and the outside mass a logsumexp over
+the non-candidates. So the results stay exact where the candidates' probabilities are far below
+float precision (a prior 200 logits above the candidates still gives the right split among them).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from app.ml.config import OutputConfig
-from app.ml.objectives import restrict
+from app.ml.objectives import require_candidates, restrict_logits
 
 
 @dataclass(frozen=True)
@@ -41,18 +46,22 @@ class ItemResult:
 def item_results(
     ids: Sequence[str],
     classes: Sequence[str],
-    posterior: torch.Tensor,
+    log_posterior: torch.Tensor,
     mask: torch.Tensor,
     cfg: OutputConfig,
-    prior_posterior: torch.Tensor | None = None,
+    prior_log_posterior: torch.Tensor | None = None,
 ) -> list[ItemResult]:
-    """Per-item results; ``prior_posterior`` adds the zero-shot prior's choice within the candidates."""
-    post = posterior.double()
+    """Per-item results from the (N, K) log-posterior (or logits: rows are renormalised first).
+
+    ``prior_log_posterior`` adds the zero-shot prior's choice within the candidates. A row with no
+    candidate raises ValueError naming the row.
+    """
+    logp = torch.log_softmax(log_posterior.double(), dim=1)
     m = mask.double()
-    restricted = restrict(post, m)
-    outside = (1.0 - (post * m).sum(dim=1)).clamp_min(0.0)
+    restricted = restrict_logits(logp, m)
+    outside = torch.logsumexp(logp.masked_fill(m > 0, float("-inf")), dim=1).exp()
     top2 = restricted.topk(min(2, restricted.shape[1]), dim=1)
-    prior = None if prior_posterior is None else choice_within(prior_posterior, m).tolist()
+    prior = None if prior_log_posterior is None else choice_within(prior_log_posterior, m).tolist()
     out = []
     for i, item_id in enumerate(ids):
         cand = m[i].nonzero().flatten().tolist()
@@ -77,6 +86,9 @@ def item_results(
     return out
 
 
-def choice_within(posterior: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Index of the most probable candidate for each row."""
-    return restrict(posterior.double(), mask.double()).argmax(dim=1)
+def choice_within(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Index of the best candidate for each row, by any increasing score of the posterior:
+    probabilities, log-probabilities or logits (pass one of the last two where probabilities may
+    underflow to zero). A row with no candidate raises ValueError naming the row."""
+    require_candidates(mask)
+    return scores.double().masked_fill(mask <= 0, float("-inf")).argmax(dim=1)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from app.ml.alignment import learnable_weight, mixed_posterior, paper_alignment
 from app.ml.backbones import Backbone, handcrafted_features
 from app.ml.config import CleanConfig
-from app.ml.objectives import build_objective, soft_cross_entropy
+from app.ml.objectives import build_objective, log_mix, soft_cross_entropy
 from app.ml.trust import estimate_accuracy, holdout_split, prior_trust
 
 
@@ -122,6 +122,9 @@ class TrainResult:
     logit_scale: float
     prior_weight: float = 0.0  # weight of the prior in ``posterior`` (chosen on held-out items)
     selection: dict = field(default_factory=dict)  # trust estimate, holdout size, chosen epoch and weight
+    # log of ``posterior`` / ``prior_posterior``, exact where the probabilities underflow (results use these)
+    log_posterior: torch.Tensor | None = None
+    log_prior_posterior: torch.Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -274,7 +277,13 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            objective.update(confidence, idx, logits, s, m if use_target else None)
+            upd_logits, upd_m = logits, m
+            if objective.update_after_step:  # RC, LWS, LWC, CAVL: their references run the batch again
+                with torch.no_grad():
+                    upd_logits = scale * feats[idx] @ encoder(ctx).T
+                if use_target:
+                    upd_m = mixed_posterior(upd_logits, prior_logits[idx], s, alpha, mix.space, mix.temperature)
+            objective.update(confidence, idx, upd_logits, s, upd_m if use_target else None)
             losses.append(float(loss.detach()))
             bar.update(1)
             if hooks.on_step is not None:
@@ -336,7 +345,8 @@ def train(
             best = {"epoch": len(history), "score": last.accuracy}
     with torch.no_grad():
         learned = encoder(final_ctx)
-        learned_post = F.softmax(all_logits(feats, learned, scale), dim=1)
+        learned_logits = all_logits(feats, learned, scale)
+        learned_post = F.softmax(learned_logits, dim=1)
     weight, scores = 0.0, {}
     if bool(held.any()):
         estimates = {
@@ -369,4 +379,6 @@ def train(
         logit_scale=scale,
         prior_weight=weight,
         selection=selection,
+        log_posterior=log_mix(F.log_softmax(learned_logits, dim=1), F.log_softmax(prior_logits, dim=1), weight).cpu(),
+        log_prior_posterior=F.log_softmax(prior_logits, dim=1).cpu(),
     )
