@@ -2,16 +2,15 @@
 
 1,000 training images get candidate label sets drawn at q = 0.3 (the true label hidden among
 them). The demo starts `candor serve --embedded` (SQLite and an in-process worker: no PostgreSQL,
-no Redis, the `offline` backbone), creates an API key, uploads the images as a ZIP over HTTP, runs
-a job while printing its progress, downloads the labels, scores them against the hidden truth next
-to the zero-shot prior, and calls /predict on unseen test images. `--via cli` runs the same job
-with `candor clean` instead.
+no Redis, the `offline` backbone), creates an API key, and drives it with the Python client
+(`candor.Client`): uploads the images as a ZIP, runs a job while printing its progress, downloads the
+labels, scores them against the hidden truth next to the zero-shot prior, and calls /predict on
+unseen test images. `--via cli` runs the same job with `candor clean` instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket
@@ -21,11 +20,11 @@ import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from app.ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, uniform_candidates
+from candor import Client, ConnectionFailed, Job, Unavailable
 
 
 def build_manifest(folder: Path, n: int, q: float, seed: int) -> dict[str, str]:
@@ -70,6 +69,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(client: Client, tries: int = 60) -> None:
+    for _ in range(tries):
+        try:
+            client.ready()
+            return
+        except (ConnectionFailed, Unavailable):
+            time.sleep(0.2)
+    raise SystemExit(f"candor serve did not answer at {client.base_url}")
+
+
+def show_progress(job: Job) -> None:
+    p = job.progress
+    line = f"  {job.state:<12} {p.done or 0:>5}/{p.total or 0:<5}"
+    if p.epoch:
+        line += f" epoch {p.epoch}/{p.epochs} loss {p.last_loss:.4f} ETA {p.eta_seconds:.0f} s"
+    print(f"\r{line:<78}", end="", flush=True)
+
+
 def run_service(args, folder: Path, truth: dict[str, str]) -> None:
     env = os.environ | {"CANDOR_EMBEDDED": "1", "CANDOR_DATA_DIR": str((folder / "service").resolve())}
     candor = [sys.executable, "-m", "app.cli"]
@@ -79,69 +96,44 @@ def run_service(args, folder: Path, truth: dict[str, str]) -> None:
     server = subprocess.Popen([*candor, "serve", "--embedded", "--port", str(port), "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600)
-        for _ in range(600):
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        print(f"$ candor serve --embedded  (API on {base}, database {folder / 'service'})")
+        with Client(base, key, timeout=600, progress=False) as client:
+            wait_until_up(client)
+            print(f"$ candor serve --embedded  (API on {base}, database {folder / 'service'})")
 
-        classes = (folder / "classes.txt").read_text().splitlines()
-        ds = (
-            http.post("/v1/datasets", json={"name": "fashion-mnist-demo", "classes": classes}).raise_for_status().json()
-        )
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            zf.write(folder / "manifest.jsonl", "manifest.jsonl")
-            for p in sorted((folder / "images").iterdir()):
-                zf.write(p, f"images/{p.name}")
-        t = time.monotonic()
-        r = http.post(f"/v1/datasets/{ds['id']}/imports", content=buf.getvalue(),
-                      headers={"Content-Type": "application/zip", "Idempotency-Key": "demo-import"})  # fmt: skip
-        r.raise_for_status()
-        print(f"POST /v1/datasets/{ds['id']}/imports: {r.json()['created']} created, "
-              f"{r.json()['unchanged']} unchanged ({time.monotonic() - t:.1f} s)")  # fmt: skip
+            classes = (folder / "classes.txt").read_text().splitlines()
+            ds = client.create_dataset("fashion-mnist-demo", classes)
+            archive = folder / "upload.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+                zf.write(folder / "manifest.jsonl", "manifest.jsonl")
+                for p in sorted((folder / "images").iterdir()):
+                    zf.write(p, f"images/{p.name}")
+            t = time.monotonic()
+            up = client.upload(ds, archive)
+            print(f"POST /v1/datasets/{ds.id}/imports: {up.created} created, "
+                  f"{up.unchanged} unchanged ({time.monotonic() - t:.1f} s)")  # fmt: skip
 
-        config = {"backbone": args.backbone, "features": {"view": "invert"}, "train": {"seed": args.seed}}
-        if args.epochs:
-            config["train"]["epochs"] = args.epochs
-        job = http.post("/v1/jobs", json={"dataset_id": ds["id"], "config": config}).raise_for_status().json()
-        print(f"POST /v1/jobs -> 202 {job['id']}")
-        while job["state"] not in ("succeeded", "failed", "cancelled"):
-            time.sleep(1.0)
-            job = http.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
-            p = job["progress"]
-            line = f"  {job['state']:<12} {p.get('done') or 0:>5}/{p.get('total') or 0:<5}"
-            if p.get("epoch"):
-                line += f" epoch {p['epoch']}/{p['epochs']} loss {p['last_loss']:.4f} ETA {p['eta_seconds']:.0f} s"
-            print(f"\r{line:<78}", end="", flush=True)
-        print()
-        if job["state"] != "succeeded":
-            raise SystemExit(f"job {job['state']}: {job['error']}")
-        labels = http.get(f"/v1/jobs/{job['id']}/labels", params={"format": "jsonl"}).raise_for_status()
-        rows = [json.loads(line) for line in labels.text.splitlines()]
-        cfg = job["config"]
-        method = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
-        print_table(rows, truth, args.q, method)
+            config = {"backbone": args.backbone, "features": {"view": "invert"}, "train": {"seed": args.seed}}
+            if args.epochs:
+                config["train"]["epochs"] = args.epochs
+            job = client.start_job(ds, config)
+            print(f"POST /v1/jobs -> 202 {job.id}")
+            job = client.wait(job, raise_on_failure=False, on_update=show_progress)
+            print()
+            if job.state != "succeeded":
+                raise SystemExit(f"job {job.state}: {job.error}")
+            rows = [r.model_dump() for r in client.labels(job)]
+            cfg = job.config
+            method = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
+            print_table(rows, truth, args.q, method)
 
-        test_images, test_labels = load_fashion_mnist("test")
-        pick = np.random.default_rng(args.seed).choice(len(test_labels), size=args.predict, replace=False)
-        files = []
-        for i in pick:
-            b = io.BytesIO()
-            Image.fromarray(test_images[i]).save(b, format="PNG")
-            files.append(("files", (f"test-{i}.png", b.getvalue(), "image/png")))
-        t = time.monotonic()
-        pred = http.post(f"/v1/classifiers/{job['classifier_id']}/predict", files=files, params={"top_k": 1})
-        pred.raise_for_status()
-        hits = sum(
-            p["label"] == FASHION_MNIST_CLASSES[test_labels[i]]
-            for p, i in zip(pred.json()["predictions"], pick, strict=True)
-        )
-        print(f"POST /v1/classifiers/{job['classifier_id']}/predict on {len(pick)} unseen test images: "
-              f"{hits}/{len(pick)} = {100 * hits / len(pick):.1f}% correct ({time.monotonic() - t:.1f} s)")  # fmt: skip
+            test_images, test_labels = load_fashion_mnist("test")
+            pick = np.random.default_rng(args.seed).choice(len(test_labels), size=args.predict, replace=False)
+            t = time.monotonic()
+            preds = client.predict(job.classifier_id, [Image.fromarray(test_images[i]) for i in pick], top_k=1)
+            hits = sum(p.label == FASHION_MNIST_CLASSES[test_labels[i]] for p, i in zip(preds, pick, strict=True))
+            seconds = time.monotonic() - t
+            print(f"POST /v1/classifiers/{job.classifier_id}/predict on {len(pick)} unseen test images: "
+                  f"{hits}/{len(pick)} = {100 * hits / len(pick):.1f}% correct ({seconds:.1f} s)")  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -335,7 +335,7 @@ class Client:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         size = path.stat().st_size
-        key = f"candor-zip-{digest.hexdigest()[:48]}"
+        key = "candor-zip-" + hashlib.sha256(f"{dataset_id}\0{digest.hexdigest()}".encode()).hexdigest()[:48]
         with _progress_bar(show, total=size, unit="B", unit_scale=True, desc="upload") as bar:
 
             def chunks() -> Iterator[bytes]:
@@ -380,16 +380,19 @@ class Client:
         poll_interval: float = 1.0,
         progress: bool | None = None,
         raise_on_failure: bool = True,
+        on_update: Callable[[Job], None] | None = None,
     ) -> Job:
         """Poll until the job ends and return it. ``JobFailed`` if it failed or was cancelled
         (unless ``raise_on_failure`` is false); ``WaitTimeout`` after ``timeout`` seconds (the job
-        goes on)."""
+        goes on). ``on_update`` is called with the job after every poll."""
         show = self.progress if progress is None else progress
         deadline = None if timeout is None else time.monotonic() + timeout
         with _progress_bar(show, total=0, unit="step", desc="queued") as bar:
             while True:
                 current = self.get_job(job)
                 _show_job(bar, current)
+                if on_update is not None:
+                    on_update(current)
                 if current.state in TERMINAL_STATES:
                     break
                 now = time.monotonic()
