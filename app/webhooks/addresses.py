@@ -52,12 +52,14 @@ def refusal(ip: IPAddress, allow_private: bool) -> str | None:
         return "a cloud metadata address"
     if ip.is_link_local:
         return "a link-local address"
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+    if ip.is_multicast or ip.is_unspecified:
+        return "not a unicast address"
+    if ip.is_loopback:  # before is_reserved, which ::1 is too
+        return None if allow_private else "a loopback address"
+    if ip.is_reserved:
         return "not a unicast address"
     if ip.is_global or allow_private:
         return None
-    if ip.is_loopback:
-        return "a loopback address"
     return "a private address"
 
 
