@@ -13,7 +13,7 @@ import pytest
 
 from app.cli import main
 from tests.helpers import color_image
-from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, service_url  # noqa: F401
+from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, requires, service_url  # noqa: F401
 
 CANDOR = str(Path(sys.executable).with_name("candor"))
 CLASSES = ["bird", "cat", "dog"]  # the class folders, sorted
@@ -140,3 +140,16 @@ def test_remote_without_a_key_says_how_to_give_one(capsys, monkeypatch):
     monkeypatch.delenv("CANDOR_API_KEY", raising=False)
     rc, _, err = cli(capsys, "remote", "datasets", "--server", "http://127.0.0.1:9")
     assert rc == 1 and err.strip() == "candor: error: no API key: pass --key KEY or set CANDOR_API_KEY"
+
+
+@requires("GET", "/v1/classifiers/{id}/artifact", "classifier download")
+def test_remote_download_writes_a_folder_candor_predict_loads(finished_run, service_url, capsys, tmp_path):  # noqa: F811
+    run, _, key, folder, _ = finished_run
+    assert run.returncode == 0, run.stderr[-3000:]
+    auth = ["--server", service_url, "--key", key]
+    rc, out, _ = cli(capsys, "remote", "classifiers", *auth)
+    clf = out.split()[0]
+    rc, _, err = cli(capsys, "remote", "download", clf, "--out", str(tmp_path / "clf"), *auth)
+    assert rc == 0 and f"classifier {clf}" in err and "candor predict" in err
+    image = str(folder / "cat" / "p1.png")
+    assert cli(capsys, "predict", str(tmp_path / "clf"), image, "--top-k", "1")[0] == 0

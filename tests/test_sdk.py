@@ -17,6 +17,7 @@ import pytest
 
 from candor import (
     Client,
+    Conflict,
     ConnectionFailed,
     JobFailed,
     LabelRow,
@@ -27,7 +28,7 @@ from candor import (
     WaitTimeout,
 )
 from tests.helpers import color_image, png_bytes
-from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serve, service_url, stop  # noqa: F401
+from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, requires, serve, service_url, stop  # noqa: F401
 from tests.servers import PrivatePostgres, free_port, private_postgres  # noqa: F401
 
 CLASSES = ["cat", "dog", "bird"]
@@ -304,3 +305,62 @@ def test_another_tenants_ids_raise_not_found(trained, service_url):  # noqa: F81
             assert caught.value.status == 404 and str(caught.value).startswith("Not found: ")
         assert list(stranger.list_datasets()) == [] and list(stranger.list_jobs()) == []
     assert str(job.id) in str(caught.value) or str(job.classifier_id) in str(caught.value)
+
+
+@requires("GET", "/v1/jobs/{id}/labels", "labels filters", param="flag")
+def test_labels_filtered_by_flag_and_confidence_and_in_review_order(trained):
+    c, _, job, _ = trained
+    everything = list(c.labels(job))
+    ambiguous = list(c.labels(job, flag="ambiguous"))
+    assert [r.id for r in ambiguous] == [r.id for r in everything if r.ambiguous]
+    suspect = list(job.labels(flag="candidates_suspect"))
+    assert [r.id for r in suspect] == [r.id for r in everything if r.candidates_suspect]
+    cut = sorted(r.confidence for r in everything)[len(everything) // 2]
+    unsure = list(c.labels(job, max_confidence=cut))
+    assert unsure and [r.id for r in unsure] == [r.id for r in everything if r.confidence <= cut]
+    review = list(c.labels(job, order="review"))
+    assert sorted(r.id for r in review) == sorted(r.id for r in everything)
+    assert [r.confidence for r in review] == sorted(r.confidence for r in review)  # least sure first
+
+
+@requires("GET", "/v1/classifiers/{id}/artifact", "classifier download")
+def test_a_downloaded_classifier_loads_and_predicts_like_the_service(trained, tmp_path, capsys):
+    from app.cli import main
+    from app.ml.artifacts import Classifier as Artifact
+
+    c, _, job, folder = trained
+    clf = job.classifier()
+    saved = clf.download(tmp_path / "clf")
+    assert sorted(p.name for p in saved.iterdir()) == ["classifier.json", "classifier.safetensors"]
+    local = Artifact.load(saved)
+    assert local.version == clf.version and local.classes == clf.classes
+    image = folder / "images" / "m3.png"
+    assert main(["predict", str(saved), str(image), "--top-k", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == c.predict(clf, image, top_k=1)[0].label
+
+
+@requires("DELETE", "/v1/datasets/{id}", "deletes")
+def test_delete_a_dataset_and_refuse_while_its_job_runs(sdk, tmp_path):
+    ds = sdk.create_dataset("doomed", CLASSES)
+    ds.upload(write_manifest_folder(tmp_path / "d", 3, seed=400))
+    sdk.delete_dataset(ds)
+    with pytest.raises(NotFound):
+        sdk.get_dataset(ds.id)
+    busy = sdk.create_dataset("busy", CLASSES)
+    busy.upload(write_manifest_folder(tmp_path / "b", 3, seed=500))
+    job = busy.start_job(JOB_CONFIG | {"train": {"epochs": 50, "batch_size": 4}})
+    with pytest.raises(Conflict):
+        sdk.delete_dataset(busy)
+    job.cancel()
+    sdk.wait(job, raise_on_failure=False, timeout=120)
+    sdk.delete_dataset(busy)
+    assert list(sdk.list_datasets()) == []
+
+
+@requires("DELETE", "/v1/classifiers/{id}", "deletes")
+def test_delete_a_classifier(trained):  # last: it removes the module's classifier
+    c, _, job, _ = trained
+    c.delete_classifier(job.classifier_id)
+    with pytest.raises(NotFound):
+        c.get_classifier(job.classifier_id)
+    assert list(c.list_classifiers()) == []
