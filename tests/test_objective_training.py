@@ -82,3 +82,14 @@ def test_pop_purifies_within_the_default_epochs_and_differs_from_proden(tiny, pr
     assert sizes[:10] == [int(mask.sum())] * 10 and sizes[10] < sizes[9]
     assert all(b <= a for a, b in pairwise(sizes)) and torch.all(pop.mask <= mask)
     assert not torch.equal(pop.ctx, proden.ctx)  # trained on the purified sets from epoch 12 on
+
+
+@pytest.mark.parametrize("name", ["rc", "cavl"])
+def test_resume_matches_an_uninterrupted_run_with_updates_after_the_step(tiny, problem, name):
+    feats, mask = problem
+    config = cfg(name, epochs=3, batch_size=32)
+    checkpoints: list[Checkpoint] = []
+    full = train(tiny, CLASSES, feats, mask, config, Hooks(on_epoch_end=checkpoints.append))
+    resumed = train(tiny, CLASSES, feats, mask, config, resume=checkpoints[0])
+    assert torch.allclose(resumed.ctx, full.ctx, atol=1e-6)
+    assert torch.allclose(resumed.confidence, full.confidence, atol=1e-6)
