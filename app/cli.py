@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app.ml.backbones.registry import spec_help
 from app.ml.config import OBJECTIVES, CleanConfig
 from app.ml.objective_registry import objective_help
 
@@ -224,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", help="JSONL: {id, image (relative path), candidates: [class, ...]} per line")
     c.add_argument("--classes", required=True, help='text file, one class a line (or JSON {"classes": [...]})')
     c.add_argument("--out", required=True, help="output folder: results.jsonl, metrics.json, classifier/")
-    c.add_argument("--backbone", help="offline (default) | tiny | openclip:MODEL[:PRETRAINED_OR_FILE]")
+    c.add_argument("--backbone", help=f"{spec_help()} (default offline; docs/backbones.md)")
     c.add_argument("--objective", choices=OBJECTIVES, help=objective_help())
     c.add_argument(
         "--alignment",

@@ -267,8 +267,8 @@ class Client:
         Items go in batches of at most ``batch_size`` items and about ``batch_bytes`` bytes of
         images (a ZIP goes whole, to the import route). Each batch is all-or-nothing: a rejected one
         raises ``ValidationFailed`` whose ``items`` give every item's outcome, indexed by position in
-        the whole upload; the batches before it are stored, and running the upload again after the
-        fix replays them."""
+        the whole upload, and whose ``uploaded`` is the result of the batches before it: those are
+        stored, and running the upload again after the fix replays them."""
         show = self.progress if progress is None else progress
         if isinstance(source, str | os.PathLike):
             path = Path(source)

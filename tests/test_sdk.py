@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -305,6 +307,28 @@ def test_another_tenants_ids_raise_not_found(trained, service_url):  # noqa: F81
             assert caught.value.status == 404 and str(caught.value).startswith("Not found: ")
         assert list(stranger.list_datasets()) == [] and list(stranger.list_jobs()) == []
     assert str(job.id) in str(caught.value) or str(job.classifier_id) in str(caught.value)
+
+
+def test_the_client_imports_neither_the_service_nor_torch():
+    code = "import sys, candor; print(sorted({m.split('.')[0] for m in sys.modules} & {'app', 'torch', 'worker'}))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path.cwd())
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+
+
+def test_an_artifact_as_the_service_stores_it_becomes_a_folder_candor_predict_loads(trained, tmp_path):
+    from sqlalchemy import select
+
+    from app.classifiers.models import ClassifierRow as Row
+    from app.core.db import session_scope
+    from app.ml.artifacts import Classifier as Artifact
+    from candor.client import _write_artifact_blob
+
+    _, _, job, _ = trained
+    with session_scope() as s:
+        blob = s.scalar(select(Row.artifact).where(Row.id == job.classifier_id))
+    _write_artifact_blob(blob, tmp_path)
+    local = Artifact.load(tmp_path)
+    assert local.version == job.classifier().version and local.classes == CLASSES
 
 
 @requires("GET", "/v1/jobs/{id}/labels", "labels filters", param="flag")

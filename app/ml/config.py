@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.ml.backbones.registry import parse_spec, spec_help
+
 # The objectives, their names and their config sections come from one registry (as data).
 from app.ml.objective_registry import OBJECTIVES, ObjectiveConfig, ObjectiveName  # noqa: F401 (re-exported)
 
@@ -220,8 +222,8 @@ class CleanConfig(_Frozen):
     backbone: str = Field(
         "offline",
         max_length=4096,
-        description="'offline', 'tiny', 'openclip:MODEL', 'openclip:MODEL:TAG' or 'openclip:MODEL:/abs/file.pt' "
-        "(also 'openclip:MODEL:file:PATH')",
+        description=f"{spec_help()} (app/ml/backbones/registry.py; a checkpoint is an absolute path or file:PATH; "
+        "docs/backbones.md lists the kinds and the preset to use with each)",
     )
     templates: tuple[str, ...] = Field(
         ("a photo of a {}.",), min_length=1, description="handcrafted prompt template(s); features averaged"
@@ -255,7 +257,9 @@ class CleanConfig(_Frozen):
     @field_validator("backbone")
     @classmethod
     def _check_backbone(cls, value: str) -> str:
-        return check_text(value, "backbone")
+        check_text(value, "backbone")
+        parse_spec(value)  # the registry's grammar; the kind's own checks run where the service has its settings
+        return value
 
     @field_validator("templates")
     @classmethod

@@ -205,3 +205,14 @@ class OfflineBackbone:
 
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> MiniLMPromptEncoder:
         return MiniLMPromptEncoder(self, classnames, n_ctx)
+
+
+# Registry hooks (app/ml/backbones/registry.py): the spec 'offline' carries no model or weights.
+
+
+def load(model: str | None, weights: str | None, device: str | torch.device = "cpu", checkpoint_dirs=None):
+    return OfflineBackbone(device=device)
+
+
+def check_spec_prompts(model: str | None, classnames: Sequence[str], n_ctx: int, ctx_init: str | None) -> None:
+    check_prompts(classnames, n_ctx, ctx_init)

@@ -295,3 +295,61 @@ def check_prompts(model_name: str, classnames: Sequence[str], n_ctx: int, ctx_in
     if row is not None:
         hint = "shorten prompt.ctx_init" if ctx_init else "lower prompt.n_ctx"
         raise ValueError(f"{_too_long(classnames[row], n_ctx, tower)}; shorten the class name or {hint}")
+
+
+# Registry hooks (app/ml/backbones/registry.py) for the kinds 'openclip:MODEL[:WEIGHTS]' and 'tiny'.
+
+
+def load_spec(
+    model_name: str,
+    weights: str | None,
+    device: str | torch.device = "cpu",
+    checkpoint_dirs: Sequence[str | os.PathLike] | None = None,
+) -> OpenClipBackbone:
+    """``checkpoint_dirs`` (a service's setting) limits checkpoint files to those directories,
+    symlinks and ``..`` resolved; None (local use) accepts any file."""
+    from app.ml.backbones.registry import allowed_checkpoint
+
+    file = checkpoint_file(weights)
+    if file is not None and checkpoint_dirs is not None:
+        try:
+            real = allowed_checkpoint(file, checkpoint_dirs)
+        except ValueError as exc:
+            raise BackboneUnavailable(str(exc)) from None
+        backbone = OpenClipBackbone(model_name, str(real), device=device)
+        backbone.spec = f"openclip:{model_name}:{weights}"
+        return backbone
+    return OpenClipBackbone(model_name, weights, device=device)
+
+
+def load_tiny(model: str | None, weights: str | None, device: str | torch.device = "cpu", checkpoint_dirs=None):
+    backbone = OpenClipBackbone(TINY_MODEL, None, device=device)
+    backbone.spec = "tiny"
+    return backbone
+
+
+def check_spec(model_name: str, weights: str | None, checkpoint_dirs: Sequence[str | os.PathLike]) -> None:
+    """ValueError for what ``load_spec`` would refuse for a reason known now: an unknown model or
+    pretrained tag, a text tower prompt learning cannot use, a checkpoint outside
+    ``checkpoint_dirs`` or missing. Loads no weights."""
+    from app.ml.backbones.registry import allowed_checkpoint
+
+    register_model_configs()
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r}; open_clip.list_models() lists the known names")
+    file = checkpoint_file(weights)
+    if file is not None:
+        if not allowed_checkpoint(file, checkpoint_dirs).is_file():
+            raise ValueError(f"checkpoint file {str(file)!r} does not exist")
+    elif weights not in RANDOM_TAGS and not open_clip.get_pretrained_cfg(model_name, weights):
+        raise ValueError(unknown_tag(model_name, weights))
+    try:
+        text_side(model_name)
+    except BackboneUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    except LookupError:
+        pass
+
+
+def check_tiny_prompts(model: str | None, classnames: Sequence[str], n_ctx: int, ctx_init: str | None) -> None:
+    check_prompts(TINY_MODEL, classnames, n_ctx, ctx_init)
