@@ -546,3 +546,64 @@ def test_a_celery_worker_delivers_the_message_sent_after_commit(api, receiver, a
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert len(receiver.requests) == 1
+
+
+def test_outbox_retry_and_sweep_on_sqlite(tmp_path, monkeypatch, allow_private):
+    """Embedded mode's database: the outbox insert, the claim, the retry, the sweep and the
+    deliveries page (naive SQLite timestamps come back in UTC with a Z)."""
+    from contextlib import contextmanager
+
+    from sqlalchemy.orm import Session
+
+    from app.core.db import make_engine
+    from app.core.migrate import upgrade
+    from app.core.security import TenantRef, create_key
+    from app.datasets.models import Dataset
+    from app.webhooks import service
+    from app.webhooks.schemas import WebhookCreate
+    from tests.service_fixtures import RecordingDispatcher
+
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+
+    @contextmanager
+    def scope():
+        with Session(engine) as s:
+            yield s
+            s.commit()
+
+    monkeypatch.setattr(delivery, "session_scope", scope)
+    recorder = RecordingDispatcher()
+    monkeypatch.setattr(dispatch, "get_dispatcher", lambda: recorder)
+    receiver = Receiver(statuses=[500, 200])
+    try:
+        with scope() as s:
+            tenant_row, _ = create_key(s, "acme")
+            tenant = TenantRef(id=tenant_row.id, name="acme")
+            hook = service.create_endpoint(s, tenant, WebhookCreate(url=receiver.url, events=["job.cancelled"]))
+            ds = Dataset(tenant_id=tenant.id, name="d", classes=["a", "b"])
+            s.add(ds)
+            s.flush()
+            job = Job(tenant_id=tenant.id, dataset_id=ds.id, state="queued", config={}, config_hash="x", progress={})
+            s.add(job)
+            s.flush()
+            hook_id, secret, job_id = hook.id, hook.secret, job.id
+        with scope() as s:
+            assert states.finish(s, job_id, states.CANCELLED)
+        [delivery_id] = deliveries_sent(recorder)
+        now = utcnow()
+        assert delivery.deliver(delivery_id, now=now).status_code == 500
+        assert delivery.sweep(now=now) == 0
+        later = now + timedelta(seconds=get_settings().webhook_retry_seconds[0] + 5)
+        assert delivery.sweep(now=later) == 1 and deliveries_sent(recorder) == [delivery_id, delivery_id]
+        assert delivery.deliver(delivery_id, now=later).ok
+        assert [verify(secret, h, b)["type"] for h, b in receiver.requests] == ["job.cancelled"] * 2
+        with scope() as s:
+            page = service.deliveries(s, tenant, hook_id, None, 10).model_dump(mode="json")
+        [d] = page["items"]
+        assert d["status"] == "delivered" and [a["status_code"] for a in d["attempts"]] == [500, 200]
+        assert d["created_at"].endswith("Z") and d["attempts"][0]["started_at"].endswith("Z")
+    finally:
+        receiver.close()
+        engine.dispose()

@@ -64,7 +64,7 @@ def delete_webhook(webhook_id: uuid.UUID, session: SessionDep, tenant: TenantDep
 
 
 @router.get("/{webhook_id}/deliveries", response_model=Page[DeliveryOut], responses={400: PROBLEM, 404: PROBLEM})
-def list_deliveries(
+def list_webhook_deliveries(
     webhook_id: uuid.UUID,
     session: SessionDep,
     tenant: TenantDep,
