@@ -113,7 +113,7 @@ def test_the_wheel_migrates_and_serves_from_a_fresh_environment(tmp_path):
     work.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("app", "worker"):
+    for package in ("app", "worker", "candor"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(src)], env=clean_env(),
@@ -127,6 +127,7 @@ def test_the_wheel_migrates_and_serves_from_a_fresh_environment(tmp_path):
         f"versions/{p.name}" for p in migrations.glob("versions/*.py")
     }
     assert {f"app/migrations/{name}" for name in wanted} <= shipped
+    assert {"candor/__init__.py", "candor/client.py", "candor/cli.py"} <= shipped  # the client, and `candor remote`
 
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env=clean_env(), cwd=work)
     vpy = venv / "bin" / "python"
