@@ -69,14 +69,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_up(client: Client, tries: int = 60) -> None:
-    for _ in range(tries):
-        try:
-            client.ready()
-            return
-        except (ConnectionFailed, Unavailable):
-            time.sleep(0.2)
-    raise SystemExit(f"candor serve did not answer at {client.base_url}")
+def wait_until_up(base: str, key: str, tries: int = 600) -> None:
+    with Client(base, key, max_retries=0, progress=False) as probe:
+        for _ in range(tries):
+            try:
+                probe.ready()
+                return
+            except (ConnectionFailed, Unavailable):
+                time.sleep(0.2)
+    raise SystemExit(f"candor serve did not answer at {base}")
 
 
 def show_progress(job: Job) -> None:
@@ -97,7 +98,7 @@ def run_service(args, folder: Path, truth: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         with Client(base, key, timeout=600, progress=False) as client:
-            wait_until_up(client)
+            wait_until_up(base, key)
             print(f"$ candor serve --embedded  (API on {base}, database {folder / 'service'})")
 
             classes = (folder / "classes.txt").read_text().splitlines()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import zipfile
@@ -32,6 +33,12 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def _client(args: argparse.Namespace, progress: bool = True) -> Client:
+    log = logging.getLogger("candor.client")
+    if not any(isinstance(h, logging.StreamHandler) for h in log.handlers):  # show retries on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("candor: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
     if not args.key:
         raise CandorError("no API key: pass --key KEY or set CANDOR_API_KEY")
     return Client(args.server, args.key, progress=progress and not getattr(args, "quiet", False))
@@ -330,7 +337,7 @@ def add_remote_parser(sub: Any) -> None:
     lb.add_argument("--format", choices=("jsonl", "csv"), help="default: from --out's suffix")
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
-    lb.add_argument("--order", choices=("review",), help="review: least sure first")
+    lb.add_argument("--order", choices=("review",), help="review: flagged rows first, then the smallest margin")
 
     d = command("download", cmd_download, "save a classifier the service trained (for `candor predict`)")
     d.add_argument("classifier")

@@ -48,6 +48,7 @@ from candor.models import (
 )
 
 log = logging.getLogger("candor.client")
+log.addHandler(logging.NullHandler())  # a library: retries are logged where the application configures logging
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_PREDICT_IMAGES = 256
 ARTIFACT_FILES = ("classifier.safetensors", "classifier.json")
@@ -413,8 +414,8 @@ class Client:
         order: str | None = None,
     ) -> Iterator[LabelRow]:
         """The cleaned labels of a finished job, streamed row by row. ``flag`` ('ambiguous' or
-        'candidates_suspect'), ``max_confidence`` and ``order='review'`` (least sure first) are
-        applied by the service."""
+        'candidates_suspect'), ``max_confidence`` and ``order='review'`` (flagged rows first, then
+        the smallest margin) are applied by the service."""
         params = _label_filters(flag, max_confidence, order) | {"format": "jsonl"}
         response = self._send("GET", f"/v1/jobs/{_id(job)}/labels", params=params, stream=True)
 

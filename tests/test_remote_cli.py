@@ -79,6 +79,8 @@ def test_the_small_verbs_list_show_fetch_and_refuse_plainly(finished_run, servic
 
     rc, out, _ = cli(capsys, "remote", "status", job, *auth)
     assert rc == 0 and out.strip() == f"job {job}: succeeded; classifier {clf}"
+    rc, out, _ = cli(capsys, "remote", "status", job, "--wait", "--json", "--quiet", *auth)
+    assert rc == 0 and json.loads(out)["state"] == "succeeded" and json.loads(out)["config"]["backbone"] == "tiny"
 
     csv_out = tmp_path / "labels.csv"
     rc, _, err = cli(capsys, "remote", "labels", job, "--out", str(csv_out), *auth)

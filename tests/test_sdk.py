@@ -344,7 +344,9 @@ def test_labels_filtered_by_flag_and_confidence_and_in_review_order(trained):
     assert unsure and [r.id for r in unsure] == [r.id for r in everything if r.confidence <= cut]
     review = list(c.labels(job, order="review"))
     assert sorted(r.id for r in review) == sorted(r.id for r in everything)
-    assert [r.confidence for r in review] == sorted(r.confidence for r in review)  # least sure first
+    # flagged rows (ambiguous or candidates suspect) first, then the smallest margin first
+    key = [(not (r.ambiguous or r.candidates_suspect), r.margin) for r in review]
+    assert key == sorted(key)
 
 
 @requires("GET", "/v1/classifiers/{id}/artifact", "classifier download")
