@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TypeVar
 
-from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -33,9 +33,33 @@ NAMING = {
 }
 
 
+class UtcDateTime(TypeDecorator):
+    """A timestamp column that always hands back an aware UTC datetime: PostgreSQL returns the
+    session's zone and SQLite returns naive values (stored as UTC), so every API answer and every
+    comparison sees the same ``...Z`` instant whatever the database. Aware values are stored as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def coerce_compared_value(self, op, value):
+        """A datetime compared with a column is bound as one (in UTC); anything else, such as the
+        interval in ``heartbeat_at - timedelta(...)``, as the plain DateTime type would bind it."""
+        return self if isinstance(value, datetime) else self.impl_instance.coerce_compared_value(op, value)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: DateTime(timezone=True)}
+    type_annotation_map = {datetime: UtcDateTime()}
 
 
 def utcnow() -> datetime:
