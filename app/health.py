@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.core.db import get_engine
@@ -10,13 +13,27 @@ from app.core.settings import get_settings
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyChecks(BaseModel):
+    database: Literal["ok"]
+    broker: Literal["ok", "embedded"] = Field(description="'embedded' when jobs run in the API process")
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: ReadyChecks
+
+
+@router.get("/healthz", response_model=Health)
 def healthz():
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"content": {"application/problem+json": {}}}})
+@router.get("/readyz", response_model=Ready, responses={503: {"content": {"application/problem+json": {}}}})
 def readyz():
     """Readiness: the database and (unless embedded) the broker answer; 503 otherwise."""
     checks: dict[str, str] = {}

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import health
+from app import docs, health, openapi
 from app.classifiers.routes import router as classifiers_router
 from app.core import problems
 from app.core.limits import RequestGuard
@@ -26,7 +26,8 @@ download the cleaned labels, and call `/predict` on the adapted classifier. Auth
 
 
 def _operation_id(route: APIRoute) -> str:
-    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+    """The route function's name: `create_dataset`, `start_job`, `get_labels`, ... (unique)."""
+    return route.name
 
 
 @asynccontextmanager
@@ -49,9 +50,14 @@ def create_app() -> FastAPI:
         version="1",
         description=DESCRIPTION,
         generate_unique_id_function=_operation_id,
+        separate_input_output_schemas=False,
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(app)
+    openapi.install(app)
+    docs.install(app)
     app.add_middleware(RequestGuard)
     app.include_router(health.router)
     app.include_router(datasets_router)

@@ -368,4 +368,4 @@ def test_cancel_queued_job_and_terminal_conflict(client, auth):
 def test_openapi_has_stable_operation_ids(client):
     spec = client.get("/openapi.json").json()
     ops = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
-    assert {"datasets-create_dataset", "jobs-create_job", "jobs-get_labels", "classifiers-predict"} <= ops
+    assert {"create_dataset", "start_job", "get_labels", "predict", "delete_dataset", "get_classifier_artifact"} <= ops

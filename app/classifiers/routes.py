@@ -4,23 +4,30 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.classifiers import service
-from app.classifiers.schemas import ClassifierOut, ClassifierSummary, PredictRequest, PredictResponse
+from app.classifiers.schemas import (
+    ClassifierOut,
+    ClassifierPage,
+    ClassifierSummary,
+    PredictForm,
+    PredictRequest,
+    PredictResponse,
+)
 from app.core import pagination
 from app.core.deps import SessionDep, TenantDep
-from app.core.pagination import Page
 from app.core.problems import Problem
+from app.openapi import register
 
 router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
 MAX_IMAGES = 256
 PROBLEM = {"content": {"application/problem+json": {}}}
 
 
-@router.get("", response_model=Page[ClassifierSummary], responses={400: PROBLEM})
+@router.get("", response_model=ClassifierPage, responses={400: PROBLEM})
 def list_classifiers(
     session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None
 ):
@@ -35,21 +42,71 @@ def get_classifier(classifier_id: uuid.UUID, session: SessionDep, tenant: Tenant
     return service.require_classifier(session, tenant, classifier_id)
 
 
+@router.delete("/{classifier_id}", status_code=204, responses={404: PROBLEM})
+def delete_classifier(classifier_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """Delete the classifier: /predict and the artifact answer 404 from now on. Its job and labels
+    stay (the job's `classifier_id` becomes null)."""
+    service.delete_classifier(session, tenant, classifier_id)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{classifier_id}/artifact",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "a ZIP of `classifier.safetensors` and `classifier.json`: unzipped, the folder "
+            "`candor predict FOLDER IMAGE` loads (the same files `candor clean` writes)",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "`attachment; filename=classifier-<id>.zip`",
+                    "schema": {"type": "string"},
+                },
+                "ETag": {"description": "the classifier's version", "schema": {"type": "string"}},
+            },
+        },
+        404: PROBLEM,
+    },
+)
+def get_classifier_artifact(classifier_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """Download the classifier to predict offline: safetensors and JSON, never pickle."""
+    version, data = service.artifact_zip(session, tenant, classifier_id)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="classifier-{classifier_id}.zip"',
+            "ETag": f'"{version}"',
+        },
+    )
+
+
 @router.post(
     "/{classifier_id}/predict",
     response_model=PredictResponse,
-    responses={404: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+    responses={
+        404: PROBLEM,
+        415: PROBLEM,
+        422: PROBLEM,
+        200: {
+            "headers": {
+                "Server-Timing": {
+                    "description": "`predict;dur=MS, handler;dur=MS`: decoding and classifying, and the whole handler",
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        413: PROBLEM,
+    },
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
-                "application/json": {"schema": PredictRequest.model_json_schema()},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    }
-                },
-            }
+                "application/json": {"schema": register(PredictRequest)},
+                "multipart/form-data": {"schema": register(PredictForm)},
+            },
         }
     },
 )
@@ -58,11 +115,18 @@ async def predict(
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
-    top_k: Annotated[int | None, Query(ge=1, le=1000)] = None,
-    candidates: Annotated[str | None, Query(description="comma-separated classes (multipart form)")] = None,
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="overrides the body's `top_k` (default 5)")] = None,
+    candidates: Annotated[
+        str | None,
+        Query(
+            deprecated=True,
+            description="deprecated: comma-separated classes for a multipart body; send `candidates` parts instead",
+        ),
+    ] = None,
 ):
-    """Classify images: JSON `{images: [base64], top_k, candidates}` or multipart `files` with
-    `?top_k=&candidates=a,b`. One image forward and a matmul per image on a warm backbone. The
+    """Classify images: JSON `{images: [base64], top_k, candidates}` (PredictRequest) or multipart
+    `files`, `top_k` and `candidates` parts (PredictForm). `candidates` is an array in both. One
+    image forward and a matmul per image on a warm backbone. The
     `Server-Timing` header gives the time spent decoding and classifying (`predict`) and in the
     handler as a whole (`handler`), in milliseconds."""
     started = time.perf_counter()
@@ -88,19 +152,36 @@ async def _parse(request: Request, top_k: int | None, candidates: str | None):
             raise Problem(422, "Invalid request", "the 'files' fields hold no files")
         if len(blobs) > MAX_IMAGES:
             raise Problem(413, "Too many images", f"{len(blobs)} images; the limit is {MAX_IMAGES} per request")
-        cands = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
-        return blobs, top_k or 5, cands
+        parts = [c for c in form.getlist("candidates") if isinstance(c, str)]
+        # without candidates parts, the deprecated query form: one comma-separated string
+        legacy = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+        cands = parts or legacy
+        return blobs, top_k or _form_top_k(form.get("top_k")), cands
     if ctype != "application/json":
         raise Problem(415, "Unsupported Media Type", "send application/json or multipart/form-data")
     try:
         body = PredictRequest.model_validate_json(await request.body())
     except ValueError as exc:
-        errors = getattr(exc, "errors", lambda: [])()
-        first = errors[0] if errors else {"loc": (), "msg": str(exc)}
-        raise Problem(
-            422,
-            "Validation failed",
-            f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
-            errors=[{"loc": [str(x) for x in e["loc"]], "msg": e["msg"]} for e in errors],
-        ) from exc
+        raise _invalid(exc, "body") from exc
     return service.decode_b64(body.images), top_k or body.top_k, body.candidates
+
+
+def _form_top_k(value: object) -> int:
+    """The multipart `top_k` part: 5 when absent, 422 unless an integer from 1 to 1000."""
+    if value is None:
+        return 5
+    text = value.strip() if isinstance(value, str) else ""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1000):
+        msg = "an integer from 1 to 1000"
+        raise Problem(422, "Validation failed", f"body.top_k: {msg}", errors=[{"loc": ["body", "top_k"], "msg": msg}])
+    return int(text)
+
+
+def _invalid(exc: ValueError, *where: str) -> Problem:
+    errors = getattr(exc, "errors", lambda: [])()
+    found = [
+        {"loc": [*where, *(str(x) for x in e["loc"])], "msg": e["msg"], "type": e.get("type", "value_error")}
+        for e in errors
+    ] or [{"loc": list(where), "msg": str(exc), "type": "value_error"}]
+    first = found[0]
+    return Problem(422, "Validation failed", f"{'.'.join(first['loc'])}: {first['msg']}", errors=found)

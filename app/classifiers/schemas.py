@@ -2,8 +2,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.pagination import Page
+from app.jobs.schemas import MetricsBase
+
+Base64Image = Annotated[str, Field(json_schema_extra={"contentEncoding": "base64"})]
+
+
+class ClassifierMetrics(MetricsBase):
+    final_epoch: dict[str, Any] | None = Field(None, description="the record of the last training epoch")
 
 
 class ClassifierOut(BaseModel):
@@ -15,7 +25,7 @@ class ClassifierOut(BaseModel):
     backbone: str
     backbone_id: str
     classes: list[str]
-    metrics: dict
+    metrics: ClassifierMetrics
     created_at: datetime
 
 
@@ -33,14 +43,34 @@ class ClassifierSummary(BaseModel):
     created_at: datetime
 
 
+class ClassifierPage(Page[ClassifierSummary]):
+    pass
+
+
+CANDIDATES = "restrict the answer to these classes (each one of the classifier's)"
+TOP_K = "how many classes to return per image, most probable first"
+
+
 class PredictRequest(BaseModel):
+    """The JSON body of /predict: images as base64."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"images": ["iVBORw0KGgo..."], "top_k": 3, "candidates": ["coat", "shirt"]}]},
     )
-    images: list[str] = Field(min_length=1, max_length=256, description="image files, base64 (at most 256)")
-    top_k: int = Field(5, ge=1, le=1000)
-    candidates: list[str] | None = Field(None, description="restrict the answer to these classes")
+    images: list[Base64Image] = Field(
+        min_length=1, max_length=256, description="image files (PNG, JPEG, ...), base64 (at most 256)"
+    )
+    top_k: int = Field(5, ge=1, le=1000, description=TOP_K)
+    candidates: list[str] | None = Field(None, description=CANDIDATES)
+
+
+class PredictForm(BaseModel):
+    """The multipart body of /predict: image files as they are."""
+
+    files: list[bytes] = Field(min_length=1, max_length=256, description="image files, one part each (at most 256)")
+    top_k: int = Field(5, ge=1, le=1000, description=TOP_K)
+    candidates: list[str] | None = Field(None, description=CANDIDATES + "; one part per class")
 
 
 class Scored(BaseModel):

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import tempfile
+import time
 import uuid
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
@@ -60,11 +65,74 @@ def owned_classifier(
         return None if row is None else (row[0], row[1], Classifier.from_bytes(row[2]))
 
     key = (tenant.id, classifier_id)
-    found = registry.classifiers.get(key, load)
+    loaded = False
+
+    def load_now() -> tuple[uuid.UUID, str, Classifier] | None:
+        nonlocal loaded
+        loaded = True
+        return load()
+
+    found = registry.classifiers.get(key, load_now)
+    if found is not None and not loaded and _stale(key):
+        # a cached classifier another process may have deleted: look again, as often as keys are
+        found = found if _exists(session, tenant, classifier_id) else None
     if found is None:
         registry.classifiers.discard(key)
+        _checked.pop(key, None)
         raise not_found("classifier", classifier_id)
+    _checked.setdefault(key, time.monotonic())
     return found
+
+
+_checked: dict[tuple[uuid.UUID, uuid.UUID], float] = {}  # when a cached classifier was last seen in the database
+
+
+def _stale(key: tuple[uuid.UUID, uuid.UUID]) -> bool:
+    ttl = get_settings().auth_cache_seconds
+    now = time.monotonic()
+    if now - _checked.get(key, 0.0) < ttl:
+        return False
+    if len(_checked) > 10_000:
+        _checked.clear()
+    _checked[key] = now
+    return True
+
+
+def _exists(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> bool:
+    stmt = select(ClassifierRow.id).where(ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id)
+    return session.scalar(stmt) is not None
+
+
+def delete_classifier(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> None:
+    deleted = session.execute(
+        delete(ClassifierRow)
+        .where(ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not deleted:
+        raise not_found("classifier", classifier_id)
+    registry.classifiers.discard((tenant.id, classifier_id))
+    _checked.pop((tenant.id, classifier_id), None)
+
+
+def artifact_zip(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> tuple[str, bytes]:
+    """(version, a ZIP of the folder `Classifier.save` writes): what `candor predict` loads."""
+    row = session.execute(
+        select(ClassifierRow.version, ClassifierRow.artifact).where(
+            ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id
+        )
+    ).one_or_none()
+    if row is None:
+        raise not_found("classifier", classifier_id)
+    session.commit()  # the connection goes back to the pool while the ZIP is built
+    version, blob = row
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="candor-artifact-") as tmp:
+        folder = Classifier.from_bytes(blob).save(Path(tmp))
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.iterdir()):
+                zf.write(path, path.name)
+    return version, buf.getvalue()
 
 
 def decode_b64(items: Sequence[str]) -> list[bytes]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +29,23 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> TenantRef:
+class _BearerKey(HTTPBearer):
+    """Declares the bearer scheme in the OpenAPI document; hands the raw Authorization header to
+    ``current_tenant``, which answers 401 problem+json itself."""
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        return request.headers.get("authorization")
+
+
+bearer = _BearerKey(
+    scheme_name="bearer",
+    bearerFormat="cnd_...",
+    description="an API key: `Authorization: Bearer <key>`; create one with `candor keys create --tenant NAME`",
+    auto_error=False,
+)
+
+
+async def current_tenant(session: SessionDep, authorization: Annotated[str | None, Depends(bearer)]) -> TenantRef:
     def unauthorized(detail: str) -> Problem:
         p = Problem(401, "Unauthorized", detail)
         p.headers = {"WWW-Authenticate": "Bearer"}

@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     classifier_cache_size: int = Field(16, ge=1, description="classifier artifacts kept in memory per process")
     idempotency_ttl_hours: int = Field(24, ge=1, description="how long Idempotency-Key responses are replayed")
     visibility_timeout: int = Field(6 * 3600, ge=60, description="Redis redelivery timeout; above the longest task")
-    auth_cache_seconds: float = Field(10.0, ge=0.0, description="verified API keys are trusted this long")
+    auth_cache_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        description="verified API keys are trusted this long; a classifier cached for /predict is looked up again "
+        "after this long, so one deleted through another process stops answering within it",
+    )
     progress_interval: float = Field(1.0, ge=0.0, description="seconds between progress/cancel checks in training")
     checkpoint_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

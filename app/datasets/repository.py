@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Row, func, select, true
+from sqlalchemy import Row, and_, delete, exists, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.core import jsonsql, pagination
 from app.datasets.models import Dataset, ImageBlob, Item
+from app.jobs.models import FeatureRow
 
 
 def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
@@ -103,3 +104,36 @@ def image_bytes(session: Session, tenant_id: uuid.UUID, hashes: Sequence[str]) -
         select(ImageBlob.sha256, ImageBlob.data).where(ImageBlob.tenant_id == tenant_id, ImageBlob.sha256.in_(hashes))
     )
     return {h: d for h, d in rows}
+
+
+def lock_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, *, shared: bool) -> Dataset | None:
+    """The tenant's dataset, its row locked until the transaction ends (PostgreSQL; SQLite has one
+    writer at a time anyway): shared by a job being created on it, exclusive by its deletion, so a
+    job is never created on a dataset being deleted nor a dataset deleted under a new job."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+    return session.scalar(stmt.with_for_update(key_share=True, read=True) if shared else stmt.with_for_update())
+
+
+def delete_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> None:
+    """Delete a dataset with its items, jobs, results and classifiers (by cascade), and the images
+    and image features that no other item of the tenant refers to."""
+    orphan = and_(
+        exists().where(Item.dataset_id == dataset_id, Item.image_sha256 == ImageBlob.sha256),
+        ~exists()
+        .where(Item.image_sha256 == ImageBlob.sha256, Item.dataset_id != dataset_id)
+        .where(Item.dataset_id.in_(select(Dataset.id).where(Dataset.tenant_id == tenant_id))),
+    )
+    orphans = select(ImageBlob.sha256).where(ImageBlob.tenant_id == tenant_id, orphan)
+    session.execute(
+        delete(FeatureRow)
+        .where(FeatureRow.tenant_id == tenant_id, FeatureRow.sha256.in_(orphans))
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(ImageBlob).where(ImageBlob.tenant_id == tenant_id, orphan).execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+        .execution_options(synchronize_session=False)
+    )

@@ -5,14 +5,13 @@ import tempfile
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.core import idempotency, pagination
 from app.core.deps import SessionDep, TenantDep
-from app.core.pagination import Page
-from app.core.problems import Problem
+from app.core.problems import Problem, not_found
 from app.core.settings import get_settings
 from app.datasets import repository as repo
 from app.datasets import service
@@ -20,19 +19,24 @@ from app.datasets.schemas import (
     DatasetCreate,
     DatasetDetail,
     DatasetOut,
+    DatasetPage,
     DatasetSummary,
     IngestResult,
     ItemOut,
     ItemPage,
     ItemsBatch,
 )
+from app.jobs import repository as jobs_repo
+from app.jobs.leases import LIVE
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 PROBLEM = {"content": {"application/problem+json": {}}}
+LOCATION = {"Location": {"description": "the path of the new resource", "required": True, "schema": {"type": "string"}}}
+ZIP_BODY = {"schema": {"type": "string", "format": "binary"}}
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses={422: PROBLEM})
+@router.post("", status_code=201, response_model=DatasetOut, responses={201: {"headers": LOCATION}, 422: PROBLEM})
 def create_dataset(body: DatasetCreate, session: SessionDep, tenant: TenantDep, key: IdemKey = None):
     """Create a dataset with its class list (at least two distinct names)."""
     fp = idempotency.fingerprint("create_dataset", body.model_dump_json())
@@ -47,7 +51,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, tenant: TenantDep, 
     return JSONResponse(out, status_code=201, headers=headers)
 
 
-@router.get("", response_model=Page[DatasetSummary], responses={400: PROBLEM})
+@router.get("", response_model=DatasetPage, responses={400: PROBLEM})
 def list_datasets(
     session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None
 ):
@@ -61,6 +65,26 @@ def list_datasets(
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
     """The dataset with item count, mean candidate-set size and a class histogram of the sets."""
     return service.dataset_detail(session, service.require_dataset(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, responses={404: PROBLEM, 409: PROBLEM})
+def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """Delete the dataset with its items, its jobs and their labels and classifiers, and the images
+    (and their cached features) that no other dataset of the tenant uses. 409 while one of its jobs
+    is queued or running: cancel it first."""
+    if repo.lock_dataset(session, tenant.id, dataset_id, shared=False) is None:
+        raise not_found("dataset", dataset_id)
+    live = jobs_repo.live_jobs(session, dataset_id, LIVE)
+    if live:
+        raise Problem(
+            409,
+            "Dataset in use",
+            f"job {live[0]} on dataset {dataset_id} has not finished; cancel it (POST /v1/jobs/{live[0]}/cancel) "
+            "and delete the dataset once it has stopped",
+        )
+    repo.delete_dataset(session, tenant.id, dataset_id)
+    session.commit()
+    return Response(status_code=204)
 
 
 def _ingest_response(session, tenant, ds, incoming, key, route, fp) -> JSONResponse:
@@ -96,12 +120,19 @@ def add_items(dataset_id: uuid.UUID, batch: ItemsBatch, session: SessionDep, ten
     "/{dataset_id}/imports",
     response_model=IngestResult,
     responses={201: {"model": IngestResult}, 404: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM},
-    openapi_extra={"requestBody": {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "the ZIP file as it is",
+            "content": {"application/zip": ZIP_BODY, "application/octet-stream": ZIP_BODY},
+        }
+    },
 )
 async def import_zip(
     dataset_id: uuid.UUID, request: Request, session: SessionDep, tenant: TenantDep, key: IdemKey = None
 ):
-    """Import a ZIP sent as the request body (`Content-Type: application/zip`): `manifest.jsonl`
+    """Import a ZIP sent as the request body (`Content-Type: application/zip` or
+    `application/octet-stream`): `manifest.jsonl`
     (one `{id, image, candidates}` a line, image paths relative to it) and the images; or an
     ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk; no
     database transaction is open while the body arrives."""

@@ -46,7 +46,9 @@ class DatasetDetail(DatasetOut):
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Text = Field(min_length=1, max_length=255, description="your id for the item (stable across uploads)")
-    image_base64: str = Field(description="the image file's bytes, base64")
+    image_base64: str = Field(
+        description="the image file's bytes (PNG, JPEG, ...), base64", json_schema_extra={"contentEncoding": "base64"}
+    )
     candidates: list[Text] = Field(description="candidate labels; the true one is among them")
 
 
@@ -83,4 +85,8 @@ class ItemOut(BaseModel):
 
 
 class ItemPage(Page[ItemOut]):
+    pass
+
+
+class DatasetPage(Page[DatasetSummary]):
     pass

@@ -19,6 +19,12 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | 
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
+def live_jobs(session: Session, dataset_id: uuid.UUID, states: Sequence[str]) -> list[uuid.UUID]:
+    """The ids of the dataset's jobs in one of ``states``, oldest first."""
+    stmt = select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(states)).order_by(Job.created_at)
+    return list(session.scalars(stmt))
+
+
 def list_jobs(session: Session, tenant_id: uuid.UUID, cursor: str | None, limit: int) -> Sequence[Row]:
     """A page of the tenant's jobs, newest first, with each job's classifier id: one query, and
     only the columns of a summary (no config, metrics or checkpoint)."""

@@ -7,27 +7,35 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import case, select, tuple_
 
 from app.core import idempotency, pagination
 from app.core.db import get_sessionmaker
 from app.core.deps import SessionDep, TenantDep
-from app.core.pagination import Page
 from app.core.problems import Problem
 from app.jobs import repository as repo
 from app.jobs import service, states
 from app.jobs.models import RESULT_FIELDS, JobResult, result_dict
-from app.jobs.schemas import JobCreate, JobOut, JobSummary
+from app.jobs.schemas import JobCreate, JobOut, JobPage, JobSummary, LabelRow
+from app.openapi import register
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PROBLEM = {"content": {"application/problem+json": {}}}
 ROUTE = "POST /v1/jobs"
 
 
-@router.post("", status_code=202, response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
-def create_job(
+LOCATION = {"Location": {"description": "the job's path: poll it", "required": True, "schema": {"type": "string"}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={202: {"headers": LOCATION}, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+)
+def start_job(
     body: JobCreate,
     session: SessionDep,
     tenant: TenantDep,
@@ -46,7 +54,7 @@ def create_job(
     return JSONResponse(out, status_code=202, headers=headers)
 
 
-@router.get("", response_model=Page[JobSummary], responses={400: PROBLEM})
+@router.get("", response_model=JobPage, responses={400: PROBLEM})
 def list_jobs(session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None):
     """The tenant's jobs, newest first, as summaries (no config or metrics; the detail route has
     them). Keyset-paginated: follow `next_cursor` until it is null."""
@@ -69,55 +77,84 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
 
 
 FIELDS = ["id", *(f for f in RESULT_FIELDS if f != "posterior")]
-
-
 LABEL_PAGE = 1000
+Flag = Literal["ambiguous", "candidates_suspect"]
 
 
-def _rows(job_id: uuid.UUID) -> Iterator[JobResult]:
-    """A finished job's results in item order, fetched a page at a time, each page in a short
-    transaction of its own: no connection is held while the client reads (at its own pace)."""
-    after = -1
+def _rows(job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool) -> Iterator[JobResult]:
+    """A finished job's results, filtered, in item order (or review order), fetched a page at a
+    time, each page in a short transaction of its own: no connection is held while the client
+    reads (at its own pace). Pages follow the order's key, so none is skipped or repeated."""
+    # review order: flagged rows (ambiguous or candidates suspect) first, then lowest margin first
+    rank = case((JobResult.ambiguous | JobResult.candidates_suspect, 0), else_=1)
+    key = (rank, JobResult.margin, JobResult.item_seq) if review else (JobResult.item_seq,)
+    stmt = select(JobResult, *key[:-1]).where(JobResult.job_id == job_id)
+    if flag is not None:
+        stmt = stmt.where(getattr(JobResult, flag).is_(True))
+    if max_confidence is not None:
+        stmt = stmt.where(JobResult.confidence <= max_confidence)
+    stmt = stmt.order_by(*key).limit(LABEL_PAGE)
+    after: tuple | None = None
     while True:
+        page = stmt if after is None else stmt.where(tuple_(*key) > tuple_(*after))
         with get_sessionmaker()() as session:
-            stmt = (
-                select(JobResult)
-                .where(JobResult.job_id == job_id, JobResult.item_seq > after)
-                .order_by(JobResult.item_seq)
-                .limit(LABEL_PAGE)
-            )
-            rows = session.scalars(stmt).all()
-        yield from rows
+            rows = session.execute(page).all()
+        for row in rows:
+            yield row[0]
         if len(rows) < LABEL_PAGE:
             return
-        after = rows[-1].item_seq
+        last = rows[-1]
+        after = (*last[1:], last[0].item_seq)
+
+
+LABELS_OK = {
+    "description": "one row per item: `jsonl` writes a LabelRow a line (`application/x-ndjson`), `csv` a header and "
+    "a row per item with the posterior as JSON in the last column (`text/csv`)",
+    "content": {
+        "application/x-ndjson": {"schema": register(LabelRow)},
+        "text/csv": {"schema": {"type": "string"}},
+    },
+}
+CSV_HEADERS = {
+    "Content-Disposition": {"description": "`attachment; filename=labels-<job>.csv`", "schema": {"type": "string"}}
+}
 
 
 @router.get(
     "/{job_id}/labels",
-    responses={
-        200: {"content": {"application/x-ndjson": {}, "text/csv": {}}, "description": "one row per item"},
-        404: PROBLEM,
-        409: PROBLEM,
-    },
+    response_class=StreamingResponse,
+    responses={200: LABELS_OK | {"headers": CSV_HEADERS}, 404: PROBLEM, 409: PROBLEM},
 )
 def get_labels(
     job_id: uuid.UUID,
     session: SessionDep,
     tenant: TenantDep,
     format: Literal["jsonl", "csv"] = "jsonl",
+    flag: Annotated[Flag | None, Query(description="only the rows with this flag set")] = None,
+    max_confidence: Annotated[
+        float | None, Query(ge=0, le=1, description="only the rows whose confidence is at most this")
+    ] = None,
+    order: Annotated[
+        Literal["item", "review"],
+        Query(
+            description="`item`: upload order. `review`: most in need of review first: the flagged rows (ambiguous or "
+            "candidates suspect) before the others, each group by margin, lowest first (then upload order)"
+        ),
+    ] = "item",
 ):
     """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
-    mass outside the candidates, flags, and the zero-shot prior's choice."""
+    mass outside the candidates, flags, and the zero-shot prior's choice. Filter with `flag` and
+    `max_confidence`; `order=review` puts the rows most in need of a look first."""
     job = service.require_job(session, tenant, job_id)
     session.commit()  # the connection goes back to the pool before the rows stream out
     if job.state != states.SUCCEEDED:
         raise Problem(409, "Job not finished", f"job {job.id} is {job.state}; labels exist once it has succeeded")
+    rows = _rows(job.id, flag, max_confidence, order == "review")
 
     if format == "jsonl":
 
         def body() -> Iterator[bytes]:
-            for r in _rows(job.id):
+            for r in rows:
                 yield (json.dumps(result_dict(r)) + "\n").encode()
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
@@ -126,7 +163,7 @@ def get_labels(
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow([*FIELDS, "posterior"])
-        for r in _rows(job.id):
+        for r in rows:
             d = result_dict(r)
             writer.writerow([*(d[f] for f in FIELDS), json.dumps(d["posterior"])])
             if buf.tell() > 1 << 16:

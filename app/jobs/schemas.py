@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.pagination import Page
 from app.ml.config import CleanConfig
 
 JobState = Literal["queued", "featurizing", "training", "succeeded", "failed", "cancelling", "cancelled"]
@@ -28,20 +29,46 @@ class JobCreate(BaseModel):
 
 
 class JobProgress(BaseModel):
-    stage: str | None = None
-    done: int | None = None
-    total: int | None = None
-    epoch: int | None = None
-    epochs: int | None = None
-    last_loss: float | None = None
-    eta_seconds: float | None = None
+    stage: JobState | None = Field(
+        None, description="what the job is doing: the state it is in ('featurizing': images done of total)"
+    )
+    done: int | None = Field(None, description="featurizing: images with features so far")
+    total: int | None = Field(None, description="featurizing: images of the job")
+    epoch: int | None = Field(None, description="training: epochs finished")
+    epochs: int | None = Field(None, description="training: epochs to run")
+    last_loss: float | None = Field(None, description="training: the loss of the last step")
+    eta_seconds: float | None = Field(None, description="training: estimated seconds left")
+
+
+class MetricsBase(BaseModel):
+    """Label-free summaries of a finished job: computed without any true label. The engine may add
+    fields; those listed here are stable."""
+
+    model_config = ConfigDict(extra="allow")
+    items: int | None = Field(None, description="items cleaned")
+    classes: int | None = Field(None, description="classes of the dataset")
+    mean_candidates: float | None = Field(None, description="mean candidate-set size")
+    prior_top1_in_candidates: float | None = Field(
+        None, description="share of items whose zero-shot top-1 class is among their candidates"
+    )
+    chance_in_candidates: float | None = Field(None, description="the same share for a uniform guess: mean |S|/K")
+    prior_candidate_mass: float | None = Field(None, description="mean zero-shot posterior mass on the candidates")
+    agreement_with_prior: float | None = Field(
+        None, description="share of items whose cleaned label is the zero-shot prior's choice among the candidates"
+    )
+    candidate_mass: float | None = Field(None, description="mean cleaned posterior mass on the candidates")
+    selection: dict[str, Any] | None = Field(None, description="how the epoch kept was chosen (label-free)")
+
+
+class JobMetrics(MetricsBase):
+    history: list[dict[str, Any]] | None = Field(None, description="one record per training epoch, oldest first")
 
 
 class JobOut(BaseModel):
     id: uuid.UUID
     dataset_id: uuid.UUID
     state: JobState
-    config: dict
+    config: CleanConfig = Field(description="the job's config with every default filled in")
     config_hash: str
     progress: JobProgress
     error: str | None
@@ -50,7 +77,7 @@ class JobOut(BaseModel):
         None, description="the last sign of life from whatever works on the job; the reaper acts when it is stale"
     )
     classifier_id: uuid.UUID | None = None
-    metrics: dict | None = None
+    metrics: JobMetrics | None = Field(None, description="set when the job has succeeded")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -75,3 +102,22 @@ class JobSummary(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class JobPage(Page[JobSummary]):
+    pass
+
+
+class LabelRow(BaseModel):
+    """One item's cleaned label: a line of the `jsonl` format, a row of the `csv` format (there
+    `posterior` is a JSON object in one column)."""
+
+    id: str = Field(description="the item's id")
+    label: str = Field(description="the candidate Candor believes in")
+    confidence: float = Field(description="its probability among the candidates")
+    posterior: dict[str, float] = Field(description="probability of each candidate (sums to one)")
+    margin: float = Field(description="confidence minus the runner-up's probability (1 for one candidate)")
+    outside_mass: float = Field(description="the model's probability mass outside the candidates")
+    ambiguous: bool = Field(description="margin below config.output.ambiguous_margin")
+    candidates_suspect: bool = Field(description="outside_mass above config.output.suspect_outside_mass")
+    prior_label: str | None = Field(description="the zero-shot prior's choice among the candidates")

@@ -14,7 +14,6 @@ from app.core.security import TenantRef
 from app.core.settings import get_settings
 from app.core.uow import after_commit
 from app.datasets import repository as datasets_repo
-from app.datasets.service import require_dataset
 from app.jobs import dispatch, states
 from app.jobs import repository as repo
 from app.jobs.models import Job
@@ -40,7 +39,9 @@ def check_config(config: CleanConfig, classes: list[str]) -> None:
 
 
 def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
-    ds = require_dataset(session, tenant, body.dataset_id)
+    ds = datasets_repo.lock_dataset(session, tenant.id, body.dataset_id, shared=True)  # not deleted meanwhile
+    if ds is None:
+        raise not_found("dataset", body.dataset_id)
     seq_max = datasets_repo.max_item_seq(session, ds.id)
     if seq_max == 0:
         raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")

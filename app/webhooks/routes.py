@@ -8,17 +8,24 @@ from fastapi.responses import JSONResponse
 
 from app.core import idempotency, pagination
 from app.core.deps import SessionDep, TenantDep
-from app.core.pagination import Page
 from app.webhooks import repository as repo
 from app.webhooks import service
-from app.webhooks.schemas import DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut
+from app.webhooks.schemas import DeliveryPage, WebhookCreate, WebhookCreated, WebhookOut, WebhookPage
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 PROBLEM = {"content": {"application/problem+json": {}}}
 ROUTE = "POST /v1/webhooks"
 
 
-@router.post("", status_code=201, response_model=WebhookCreated, responses={409: PROBLEM, 422: PROBLEM})
+LOCATION = {"Location": {"description": "the webhook's path", "required": True, "schema": {"type": "string"}}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=WebhookCreated,
+    responses={201: {"headers": LOCATION}, 409: PROBLEM, 422: PROBLEM},
+)
 def create_webhook(
     body: WebhookCreate,
     session: SessionDep,
@@ -40,7 +47,7 @@ def create_webhook(
     return JSONResponse(out, status_code=201, headers=headers)
 
 
-@router.get("", response_model=Page[WebhookOut], responses={400: PROBLEM})
+@router.get("", response_model=WebhookPage, responses={400: PROBLEM})
 def list_webhooks(
     session: SessionDep, tenant: TenantDep, limit: pagination.Limit = 100, cursor: pagination.Cursor = None
 ):
@@ -63,7 +70,7 @@ def delete_webhook(webhook_id: uuid.UUID, session: SessionDep, tenant: TenantDep
     return Response(status_code=204)
 
 
-@router.get("/{webhook_id}/deliveries", response_model=Page[DeliveryOut], responses={400: PROBLEM, 404: PROBLEM})
+@router.get("/{webhook_id}/deliveries", response_model=DeliveryPage, responses={400: PROBLEM, 404: PROBLEM})
 def list_webhook_deliveries(
     webhook_id: uuid.UUID,
     session: SessionDep,

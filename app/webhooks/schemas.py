@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator
 
+from app.core.pagination import Page
+
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
@@ -93,3 +95,11 @@ class DeliveryOut(BaseModel):
     finished_at: UTCDateTime | None = Field(description="when it was delivered or given up")
     payload: WebhookPayload
     attempts: list[AttemptOut] = Field(description="oldest first")
+
+
+class WebhookPage(Page[WebhookOut]):
+    pass
+
+
+class DeliveryPage(Page[DeliveryOut]):
+    pass
