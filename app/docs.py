@@ -27,6 +27,7 @@ def install(app: FastAPI) -> None:
             swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
             oauth2_redirect_url=None,
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
         )
 
     @app.get("/redoc", include_in_schema=False)
