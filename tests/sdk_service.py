@@ -98,29 +98,3 @@ def new_key(tenant: str | None = None) -> str:
     with session_scope() as s:
         _, key = create_key(s, tenant or f"tenant-{uuid.uuid4().hex[:8]}")
     return key
-
-
-def operation(method: str, path: str) -> dict | None:
-    """The app's OpenAPI operation for ``method path`` (a template such as /v1/jobs/{id}/labels)."""
-    from app.main import create_app
-
-    want = path.split("/")
-    for served, operations in create_app().openapi()["paths"].items():
-        parts = served.split("/")
-        if (
-            method.lower() in operations
-            and len(parts) == len(want)
-            and all(a == b or (a.startswith("{") and b.startswith("{")) for a, b in zip(parts, want, strict=True))
-        ):
-            return operations[method.lower()]
-    return None
-
-
-def requires(method: str, path: str, what: str, param: str | None = None):
-    """Skip a test while the service lacks the route (or the query parameter) it exercises."""
-    op = operation(method, path)
-    if op is None:
-        return pytest.mark.skipif(True, reason=f"the service has no {method} {path} yet ({what})")
-    params = {p.get("name") for p in op.get("parameters", [])}
-    missing = param is not None and param not in params
-    return pytest.mark.skipif(missing, reason=f"{method} {path} takes no {param}= yet ({what})")

@@ -13,7 +13,7 @@ import pytest
 
 from app.cli import main
 from tests.helpers import color_image
-from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, requires, service_url  # noqa: F401
+from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, service_url  # noqa: F401
 
 CANDOR = str(Path(sys.executable).with_name("candor"))
 CLASSES = ["bird", "cat", "dog"]  # the class folders, sorted
@@ -144,7 +144,6 @@ def test_remote_without_a_key_says_how_to_give_one(capsys, monkeypatch):
     assert rc == 1 and err.strip() == "candor: error: no API key: pass --key KEY or set CANDOR_API_KEY"
 
 
-@requires("GET", "/v1/classifiers/{id}/artifact", "classifier download")
 def test_remote_download_writes_a_folder_candor_predict_loads(finished_run, service_url, capsys, tmp_path):  # noqa: F811
     run, _, key, folder, _ = finished_run
     assert run.returncode == 0, run.stderr[-3000:]

@@ -30,7 +30,7 @@ from candor import (
     WaitTimeout,
 )
 from tests.helpers import color_image, png_bytes
-from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, requires, serve, service_url, stop  # noqa: F401
+from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serve, service_url, stop  # noqa: F401
 from tests.servers import PrivatePostgres, free_port, private_postgres  # noqa: F401
 
 CLASSES = ["cat", "dog", "bird"]
@@ -331,7 +331,6 @@ def test_an_artifact_as_the_service_stores_it_becomes_a_folder_candor_predict_lo
     assert local.version == job.classifier().version and local.classes == CLASSES
 
 
-@requires("GET", "/v1/jobs/{id}/labels", "labels filters", param="flag")
 def test_labels_filtered_by_flag_and_confidence_and_in_review_order(trained):
     c, _, job, _ = trained
     everything = list(c.labels(job))
@@ -349,7 +348,6 @@ def test_labels_filtered_by_flag_and_confidence_and_in_review_order(trained):
     assert key == sorted(key)
 
 
-@requires("GET", "/v1/classifiers/{id}/artifact", "classifier download")
 def test_a_downloaded_classifier_loads_and_predicts_like_the_service(trained, tmp_path, capsys):
     from app.cli import main
     from app.ml.artifacts import Classifier as Artifact
@@ -365,7 +363,6 @@ def test_a_downloaded_classifier_loads_and_predicts_like_the_service(trained, tm
     assert json.loads(capsys.readouterr().out)["label"] == c.predict(clf, image, top_k=1)[0].label
 
 
-@requires("DELETE", "/v1/datasets/{id}", "deletes")
 def test_delete_a_dataset_and_refuse_while_its_job_runs(sdk, tmp_path):
     ds = sdk.create_dataset("doomed", CLASSES)
     ds.upload(write_manifest_folder(tmp_path / "d", 3, seed=400))
@@ -383,7 +380,6 @@ def test_delete_a_dataset_and_refuse_while_its_job_runs(sdk, tmp_path):
     assert list(sdk.list_datasets()) == []
 
 
-@requires("DELETE", "/v1/classifiers/{id}", "deletes")
 def test_delete_a_classifier(trained):  # last: it removes the module's classifier
     c, _, job, _ = trained
     c.delete_classifier(job.classifier_id)
