@@ -274,6 +274,7 @@ def main() -> int:
     ap.add_argument("--out", default="build/quality")
     ap.add_argument("--cache", default="build/quality/features.sqlite", help="image feature cache")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="torch device of the backbone and the training: cpu, cuda")
     ap.add_argument(
         "--bridge-n", type=int, default=0, help="prior-strength sweep: fit the bridge on this many labelled images"
     )
@@ -334,7 +335,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    backbone = load_backbone("offline")
+    backbone = load_backbone("offline", device=args.device)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     store = SqliteFeatureStore(Path(args.cache))
     tr_img, tr_lab = load_fashion_mnist("train")
@@ -368,9 +369,9 @@ def main() -> int:
         # test item, against the bare class names. Fitted against the handcrafted template itself
         # (--bridge-target template), that template becomes optimal by construction: the trap.
         if args.bridge_target == "names":
-            text = backbone.encode_texts(classes)
+            text = backbone.encode_texts(classes).cpu()
         else:
-            text = handcrafted_features(backbone, classes, base.templates)
+            text = handcrafted_features(backbone, classes, base.templates).cpu()
         targets = text[torch.from_numpy(tr_lab[fit])]
         lam = 1.0
         w = torch.linalg.solve(f_fit.T @ f_fit + lam * torch.eye(f_fit.shape[1]), f_fit.T @ targets)
@@ -379,7 +380,7 @@ def main() -> int:
         suffix = "" if args.bridge_target == "names" else "-template"
         out = out / f"bridge-{args.bridge_n}{suffix}"
         out.mkdir(parents=True, exist_ok=True)
-    prior = handcrafted_features(backbone, classes, base.templates)
+    prior = handcrafted_features(backbone, classes, base.templates).cpu()  # beside the features, on the CPU
     zs_train = (backbone.logit_scale * f_train @ prior.T).softmax(dim=1)
     zs_test_acc = share_right((f_test @ prior.T).argmax(dim=1), y_test)
     print(f"zero-shot test accuracy of the prior: {100 * zs_test_acc:.1f}%", flush=True)

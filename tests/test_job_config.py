@@ -252,6 +252,8 @@ def test_preset_coop_is_resolved_into_the_stored_config(client, auth):
     assert plain["config"]["preset"] == "offline" and plain["config"]["train"]["optimizer"] == "adamw"
     assert plain["config_hash"] != r.json()["config_hash"]
     refused(submit(client, auth, ds, {"preset": "fast"}), "preset")
+    for odd in ({}, [], 3):  # not a name at all: a 422 on the field, not a 500
+        refused(submit(client, auth, ds, {"preset": odd}), "preset")
 
 
 def test_presets_resolve_the_same_way_everywhere():

@@ -243,7 +243,7 @@ class CleanConfig(_Frozen):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", "offline")
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             return data  # the field's own validation names the allowed values
         data = dict(data)
         for section, values in PRESETS[preset].items():
