@@ -67,7 +67,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     parse_spec(cfg.backbone)
     classes = read_classes(args.classes)
-    dataset = read_manifest(args.manifest, classes)
+    from app.ml.votes import CandidatePolicy
+
+    policy = CandidatePolicy(min_votes=args.min_votes, ground_truth_wins=not args.votes_over_ground_truth)
+    dataset = read_manifest(args.manifest, classes, policy)
     store = SqliteFeatureStore(args.cache or default_cache_path())
     out = clean(dataset, cfg, store=store, progress=not args.quiet)
 
@@ -217,6 +220,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="candor", description="Clean candidate-label image annotations.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,6 +262,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="typed config as JSON (`candor config` prints the defaults); flags override it")
     c.add_argument("--cache", help="feature cache file (default $CANDOR_CACHE_DIR/features.sqlite)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument(
+        "--min-votes",
+        type=_at_least_one,
+        default=1,
+        help="for lines with annotations and no candidates: a label enters the set with this many votes (default 1)",
+    )
+    c.add_argument(
+        "--votes-over-ground-truth",
+        action="store_true",
+        help="derive the set from the votes even where an annotation is flagged ground_truth",
+    )
     c.set_defaults(func=cmd_clean)
 
     pr = sub.add_parser("predict", help="classify images with a classifier folder written by `clean`")

@@ -245,6 +245,7 @@ def test_dataset_detail_aggregates_equal_python_on_postgresql(client, auth):
     ds, other = (r.json()["id"] for r in made)
     assert client.get(f"/v1/datasets/{ds}", headers=auth).json() | {"classes": None} == {
         "id": ds, "name": "a", "classes": None, "created_at": made[0].json()["created_at"],
+        "candidate_policy": {"min_votes": 1, "ground_truth_wins": True},
     } | python_detail([])  # fmt: skip
     sets = candidate_sets(1, 150)
     for start in (0, 100):

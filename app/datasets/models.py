@@ -27,6 +27,7 @@ class Dataset(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     classes: Mapped[list] = mapped_column(JSONType)
+    candidate_policy: Mapped[dict | None] = mapped_column(JSONType, nullable=True)  # null: the default policy
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -41,4 +42,5 @@ class Item(Base):
     external_id: Mapped[str] = mapped_column(String(255))
     image_sha256: Mapped[str] = mapped_column(String(64))
     candidates: Mapped[list] = mapped_column(JSONType)
+    annotations: Mapped[list | None] = mapped_column(JSONType, nullable=True)  # [{annotator, label}], or null
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

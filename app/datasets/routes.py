@@ -38,7 +38,8 @@ ZIP_BODY = {"schema": {"type": "string", "format": "binary"}}
 
 @router.post("", status_code=201, response_model=DatasetOut, responses={201: {"headers": LOCATION}, 422: PROBLEM})
 def create_dataset(body: DatasetCreate, session: SessionDep, tenant: TenantDep, key: IdemKey = None):
-    """Create a dataset with its class list (at least two distinct names)."""
+    """Create a dataset with its class list (at least two distinct names) and the candidate policy
+    that turns items' annotations into candidate sets (default: the union of the annotators' labels)."""
     fp = idempotency.fingerprint("create_dataset", body.model_dump_json())
     replayed = idempotency.replay(session, tenant, key, "POST /v1/datasets", fp)
     if replayed is not None:
@@ -133,8 +134,8 @@ async def import_zip(
 ):
     """Import a ZIP sent as the request body (`Content-Type: application/zip` or
     `application/octet-stream`): `manifest.jsonl`
-    (one `{id, image, candidates}` a line, image paths relative to it) and the images; or an
-    ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk; no
+    (one `{id, image, candidates}` or `{id, image, annotations}` a line, image paths relative to it)
+    and the images; or an ImageFolder layout (`CLASS/ID.png`) whose manifest lines omit `image`. Streamed to disk; no
     database transaction is open while the body arrives."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
@@ -183,6 +184,10 @@ def list_items(
         limit,
         lambda r: pagination.encode_seq(r.seq),
         lambda r: ItemOut(
-            id=r.external_id, image_sha256=r.image_sha256, candidates=r.candidates, created_at=r.created_at
+            id=r.external_id,
+            image_sha256=r.image_sha256,
+            candidates=r.candidates,
+            annotations=r.annotations or [],
+            created_at=r.created_at,
         ),
     )

@@ -4,10 +4,11 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.pagination import Page
 from app.ml.text import Text
+from app.ml.votes import MAX_ANNOTATIONS, CandidatePolicy
 
 
 class DatasetCreate(BaseModel):
@@ -17,6 +18,9 @@ class DatasetCreate(BaseModel):
     )
     name: Text = Field(min_length=1, max_length=200)
     classes: list[Text] = Field(min_length=2, max_length=100_000)
+    candidate_policy: CandidatePolicy = Field(
+        default_factory=CandidatePolicy, description="how items' annotations become candidate sets"
+    )
 
 
 class DatasetOut(BaseModel):
@@ -24,7 +28,13 @@ class DatasetOut(BaseModel):
     id: uuid.UUID
     name: str
     classes: list[str]
+    candidate_policy: CandidatePolicy = Field(description="how items' annotations become candidate sets")
     created_at: datetime
+
+    @field_validator("candidate_policy", mode="before")
+    @classmethod
+    def _default_policy(cls, value: object) -> object:
+        return CandidatePolicy() if value is None else value  # datasets created before policies existed
 
 
 class DatasetSummary(BaseModel):
@@ -43,13 +53,29 @@ class DatasetDetail(DatasetOut):
     class_histogram: dict[str, int] = Field(description="how many candidate sets hold each class")
 
 
+class Annotation(BaseModel):
+    """One annotator's label for an item."""
+
+    model_config = ConfigDict(extra="forbid")
+    annotator: Text = Field(min_length=1, max_length=255, description="the annotator's id")
+    label: Text = Field(description="the class the annotator chose")
+    ground_truth: bool = Field(False, description="a reviewed label: with ground_truth_wins it alone is the set")
+
+
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Text = Field(min_length=1, max_length=255, description="your id for the item (stable across uploads)")
     image_base64: str = Field(
         description="the image file's bytes (PNG, JPEG, ...), base64", json_schema_extra={"contentEncoding": "base64"}
     )
-    candidates: list[Text] = Field(description="candidate labels; the true one is among them")
+    candidates: list[Text] | None = Field(
+        None, description="candidate labels; the true one is among them. Given with annotations, these are the set"
+    )
+    annotations: list[Annotation] | None = Field(
+        None,
+        max_length=MAX_ANNOTATIONS,
+        description="annotators' labels; without candidates, the dataset's candidate policy derives the set",
+    )
 
 
 class ItemsBatch(BaseModel):
@@ -81,6 +107,7 @@ class ItemOut(BaseModel):
     id: str
     image_sha256: str
     candidates: list[str]
+    annotations: list[Annotation] = Field(description="the annotators' labels as sent (empty when none were)")
     created_at: datetime
 
 

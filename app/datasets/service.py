@@ -31,6 +31,7 @@ from app.datasets.schemas import DatasetCreate, DatasetDetail, IngestResult, Ite
 from app.ml.data import InputError, validate_candidates, validate_classes
 from app.ml.features import ImageError, decode_image, sha256_bytes
 from app.ml.text import show, text_problem
+from app.ml.votes import CandidatePolicy, derive_candidates, validate_annotations
 
 INSERT_CHUNK = 100
 
@@ -40,7 +41,9 @@ def create_dataset(session: Session, tenant: TenantRef, body: DatasetCreate) -> 
         classes = validate_classes(body.classes)
     except InputError as exc:
         raise Problem(422, "Invalid classes", str(exc)) from exc
-    ds = Dataset(tenant_id=tenant.id, name=body.name, classes=classes)
+    ds = Dataset(
+        tenant_id=tenant.id, name=body.name, classes=classes, candidate_policy=body.candidate_policy.model_dump()
+    )
     session.add(ds)
     session.flush()
     return ds
@@ -59,6 +62,7 @@ def dataset_detail(session: Session, ds: Dataset) -> DatasetDetail:
         id=ds.id,
         name=ds.name,
         classes=ds.classes,
+        candidate_policy=ds.candidate_policy,
         created_at=ds.created_at,
         item_count=n,
         mean_candidates=round(total / n, 4) if n else None,
@@ -74,6 +78,7 @@ class Incoming:
     id: object
     candidates: object
     read: Callable[[], bytes]
+    annotations: object = None
 
 
 def _storable_id(item_id: object) -> str | None:
@@ -89,7 +94,8 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
     settings = get_settings()
     class_index = {c: k for k, c in enumerate(ds.classes)}
     outcomes: list[ItemOutcome | None] = [None] * len(incoming)
-    checked: list[tuple[Incoming, str, list[str]]] = []
+    policy = CandidatePolicy.model_validate(ds.candidate_policy or {})
+    checked: list[tuple[Incoming, str, list[str], list[dict] | None]] = []
     first_seen: dict[str, int] = {}
     rejected = False
     for inc in incoming:
@@ -103,29 +109,32 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             if inc.id in first_seen:
                 raise InputError(f"duplicate id in this upload, first at item {first_seen[inc.id]}")
             first_seen[inc.id] = inc.index
-            cands = validate_candidates(label, inc.candidates, class_index)
+            cands, votes = item_candidates(label, inc, class_index, policy)
             data = inc.read()
             if len(data) > settings.max_image_bytes:
                 raise InputError(f"image is {len(data)} bytes, over the limit of {settings.max_image_bytes}")
             decode_image(data, label, settings.max_image_pixels).close()
-            checked.append((inc, sha256_bytes(data), cands))
+            checked.append((inc, sha256_bytes(data), cands, votes))
         except (InputError, ImageError, ValueError) as exc:
             reason = str(exc).removeprefix(f"{label}: ")
             outcomes[inc.index] = _reject(inc.index, inc.id, reason)
             rejected = True
 
-    existing = repo.items_by_external_id(session, ds.id, [inc.id for inc, _, _ in checked])
-    new: list[tuple[Incoming, str, list[str]]] = []
-    for inc, sha, cands in checked:
+    existing = repo.items_by_external_id(session, ds.id, [inc.id for inc, *_ in checked])
+    new: list[tuple[Incoming, str, list[str], list[dict] | None]] = []
+    for inc, sha, cands, votes in checked:
         old = existing.get(inc.id)
         if old is None:
-            new.append((inc, sha, cands))
+            new.append((inc, sha, cands, votes))
             outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="created")
-        elif old.image_sha256 == sha and list(old.candidates) == cands:
+        elif old.image_sha256 == sha and list(old.candidates) == cands and old.annotations == votes:
             outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="unchanged")
         else:
-            what = "image" if old.image_sha256 != sha else "candidates"
-            outcomes[inc.index] = _reject(inc.index, inc.id, f"id already exists in this dataset with another {what}")
+            if old.image_sha256 != sha or list(old.candidates) != cands:
+                what = "another image" if old.image_sha256 != sha else "another candidates"
+            else:
+                what = "other annotations"
+            outcomes[inc.index] = _reject(inc.index, inc.id, f"id already exists in this dataset with {what}")
             rejected = True
     if rejected:
         bad = [o for o in outcomes if o is not None and o.status == "rejected"]
@@ -139,9 +148,9 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             items=[o.model_dump() for o in outcomes if o is not None],
         )
 
-    have = repo.existing_images(session, tenant.id, list({sha for _, sha, _ in new}))
+    have = repo.existing_images(session, tenant.id, list({sha for _, sha, *_ in new}))
     pending: list[dict] = []
-    for inc, sha, _ in new:
+    for inc, sha, *_ in new:
         if sha in have:
             continue
         have.add(sha)
@@ -151,7 +160,10 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             repo.insert_images(session, pending)
             pending = []
     repo.insert_images(session, pending)
-    session.add_all(Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c) for inc, sha, c in new)
+    session.add_all(
+        Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c, annotations=v)
+        for inc, sha, c, v in new
+    )
     try:
         session.flush()
     except IntegrityError as exc:
@@ -165,6 +177,21 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
     )
 
 
+def item_candidates(
+    label: str, inc: Incoming, class_index: dict[str, int], policy: CandidatePolicy
+) -> tuple[list[str], list[dict] | None]:
+    """The item's candidate set and its validated annotations (None when it has none). Explicit
+    candidates win over annotations (kept as evidence); otherwise the policy derives the set."""
+    if inc.annotations is None:
+        if inc.candidates is None:
+            raise InputError(f"{label}: give 'candidates' or 'annotations'")
+        return validate_candidates(label, inc.candidates, class_index), None
+    votes = validate_annotations(label, inc.annotations, class_index)
+    if inc.candidates is not None:
+        return validate_candidates(label, inc.candidates, class_index), votes
+    return derive_candidates(label, votes, policy), votes
+
+
 def incoming_from_json(items: Sequence) -> list[Incoming]:
     out = []
     for i, item in enumerate(items):
@@ -175,7 +202,8 @@ def incoming_from_json(items: Sequence) -> list[Incoming]:
             except (binascii.Error, ValueError) as exc:
                 raise InputError("image_base64 is not valid base64") from exc
 
-        out.append(Incoming(index=i, id=item.id, candidates=item.candidates, read=read))
+        votes = None if item.annotations is None else [a.model_dump() for a in item.annotations]
+        out.append(Incoming(index=i, id=item.id, candidates=item.candidates, read=read, annotations=votes))
     return out
 
 
@@ -300,5 +328,9 @@ def incoming_from_zip(zf: zipfile.ZipFile) -> list[Incoming]:
             except ZIP_ERRORS as exc:
                 raise InputError(f"ZIP member {show(p, 200)} cannot be read: {zip_damage(exc)}") from exc
 
-        out.append(Incoming(index=index, id=item_id, candidates=row.get("candidates"), read=read))
+        out.append(
+            Incoming(
+                index=index, id=item_id, candidates=row.get("candidates"), read=read, annotations=row.get("annotations")
+            )
+        )
     return out

@@ -15,10 +15,12 @@ from app.core import idempotency, pagination
 from app.core.db import get_sessionmaker
 from app.core.deps import SessionDep, TenantDep
 from app.core.problems import Problem
+from app.datasets.models import Item
 from app.jobs import repository as repo
 from app.jobs import service, states
 from app.jobs.models import RESULT_FIELDS, JobResult, result_dict
 from app.jobs.schemas import JobCreate, JobOut, JobPage, JobSummary, LabelRow
+from app.ml.votes import agreed
 from app.openapi import register
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -81,14 +83,21 @@ LABEL_PAGE = 1000
 Flag = Literal["ambiguous", "candidates_suspect"]
 
 
-def _rows(job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool) -> Iterator[JobResult]:
+def _rows(
+    job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool
+) -> Iterator[tuple[JobResult, list | None]]:
     """A finished job's results, filtered, in item order (or review order), fetched a page at a
     time, each page in a short transaction of its own: no connection is held while the client
-    reads (at its own pace). Pages follow the order's key, so none is skipped or repeated."""
+    reads (at its own pace). Pages follow the order's key, so none is skipped or repeated. Each
+    result comes with its item's annotations."""
     # review order: flagged rows (ambiguous or candidates suspect) first, then lowest margin first
     rank = case((JobResult.ambiguous | JobResult.candidates_suspect, 0), else_=1)
     key = (rank, JobResult.margin, JobResult.item_seq) if review else (JobResult.item_seq,)
-    stmt = select(JobResult, *key[:-1]).where(JobResult.job_id == job_id)
+    stmt = (
+        select(JobResult, Item.annotations, *key[:-1])
+        .outerjoin(Item, Item.seq == JobResult.item_seq)
+        .where(JobResult.job_id == job_id)
+    )
     if flag is not None:
         stmt = stmt.where(getattr(JobResult, flag).is_(True))
     if max_confidence is not None:
@@ -100,16 +109,23 @@ def _rows(job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, re
         with get_sessionmaker()() as session:
             rows = session.execute(page).all()
         for row in rows:
-            yield row[0]
+            yield row[0], row[1]
         if len(rows) < LABEL_PAGE:
             return
         last = rows[-1]
-        after = (*last[1:], last[0].item_seq)
+        after = (*last[2:], last[0].item_seq)
+
+
+def label_row(result: JobResult, annotations: list | None) -> dict:
+    """A LabelRow: the stored result with its item's annotations and the annotators who agree."""
+    votes = [{"ground_truth": False} | a for a in annotations or ()]
+    return result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label)}
 
 
 LABELS_OK = {
     "description": "one row per item: `jsonl` writes a LabelRow a line (`application/x-ndjson`), `csv` a header and "
-    "a row per item with the posterior as JSON in the last column (`text/csv`)",
+    "a row per item with the posterior, the annotations (annotator: label) and the agreeing annotators as JSON in the "
+    "last three columns (`text/csv`)",
     "content": {
         "application/x-ndjson": {"schema": register(LabelRow)},
         "text/csv": {"schema": {"type": "string"}},
@@ -154,18 +170,21 @@ def get_labels(
     if format == "jsonl":
 
         def body() -> Iterator[bytes]:
-            for r in rows:
-                yield (json.dumps(result_dict(r)) + "\n").encode()
+            for r, votes in rows:
+                yield (json.dumps(label_row(r, votes)) + "\n").encode()
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
 
     def csv_body() -> Iterator[bytes]:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow([*FIELDS, "posterior"])
-        for r in rows:
-            d = result_dict(r)
-            writer.writerow([*(d[f] for f in FIELDS), json.dumps(d["posterior"])])
+        writer.writerow([*FIELDS, "posterior", "annotations", "agreed"])
+        for r, votes in rows:
+            d = label_row(r, votes)
+            compact = {a["annotator"]: a["label"] for a in d["annotations"]}
+            writer.writerow(
+                [*(d[f] for f in FIELDS), json.dumps(d["posterior"]), json.dumps(compact), json.dumps(d["agreed"])]
+            )
             if buf.tell() > 1 << 16:
                 yield buf.getvalue().encode()
                 buf.seek(0)

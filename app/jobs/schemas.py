@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.pagination import Page
+from app.datasets.schemas import Annotation
 from app.ml.config import CleanConfig
 
 JobState = Literal["queued", "featurizing", "training", "succeeded", "failed", "cancelling", "cancelled"]
@@ -121,3 +122,8 @@ class LabelRow(BaseModel):
     ambiguous: bool = Field(description="margin below config.output.ambiguous_margin")
     candidates_suspect: bool = Field(description="outside_mass above config.output.suspect_outside_mass")
     prior_label: str | None = Field(description="the zero-shot prior's choice among the candidates")
+    annotations: list[Annotation] = Field(
+        description="the item's annotations as uploaded (empty when it had none); "
+        "in `csv` a JSON object annotator: label"
+    )
+    agreed: list[str] = Field(description="the annotators whose label is `label`; in `csv` a JSON list")

@@ -1,7 +1,9 @@
 """Candidate-label datasets: the manifest format, the class list, and their validation.
 
 A manifest is JSONL, one item a line: ``{"id": "...", "image": "relative/path.png",
-"candidates": ["cat", "dog"]}``; image paths are relative to the manifest's folder. Classes come
+"candidates": ["cat", "dog"]}``; image paths are relative to the manifest's folder. A line may give
+``annotations`` (``[{"annotator": "a1", "label": "cat"}, ...]``) besides or instead of
+``candidates``; a candidate policy (:mod:`app.ml.votes`) derives the set from them. Classes come
 from a text file (one name a line; blank lines and lines starting with '#' are skipped) or from a
 JSON file holding ``{"classes": [...]}``.
 
@@ -15,12 +17,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from app.ml.features import ImageRef, decode_image, sha256_bytes
 from app.ml.text import show, text_problem
+
+if TYPE_CHECKING:
+    from app.ml.votes import CandidatePolicy
 
 MAX_CLASS_NAME = 255
 
@@ -108,8 +114,13 @@ def _file_loader(path: Path, label: str):
     return load
 
 
-def read_manifest(path: str | Path, classes: Sequence[str]) -> CandidateDataset:
-    """Parse and validate a manifest; every image must exist (its bytes are hashed here)."""
+def read_manifest(path: str | Path, classes: Sequence[str], policy: CandidatePolicy | None = None) -> CandidateDataset:
+    """Parse and validate a manifest; every image must exist (its bytes are hashed here). Lines
+    with ``annotations`` and no ``candidates`` take the set ``policy`` derives (default: the union
+    of the annotators' labels, a ground-truth annotation winning)."""
+    from app.ml.votes import CandidatePolicy, derive_candidates, validate_annotations
+
+    policy = policy or CandidatePolicy()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest {show(str(path), 200)} does not exist")
@@ -151,7 +162,14 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> CandidateDataset:
                 digest = sha256_bytes(image_path.read_bytes())
             except OSError as exc:
                 raise InputError(f"{where}: image {show(image, 200)} cannot be read ({exc.strerror})") from exc
-            cands.append(validate_candidates(where, row.get("candidates"), index))
+            if row.get("annotations") is not None:
+                votes = validate_annotations(where, row["annotations"], index)
+                if row.get("candidates") is None:
+                    cands.append(derive_candidates(where, votes, policy))
+                else:
+                    cands.append(validate_candidates(where, row.get("candidates"), index))
+            else:
+                cands.append(validate_candidates(where, row.get("candidates"), index))
             ids.append(item_id)
             refs.append(ImageRef(label=where, sha256=digest, load=_file_loader(image_path, where)))
     if not ids:
