@@ -40,6 +40,8 @@ from candor.errors import (
     WaitTimeout,
 )
 from candor.models import (
+    Annotation,
+    CandidatePolicy,
     Classifier,
     ClassifierSummary,
     Dataset,
@@ -58,7 +60,9 @@ from candor.models import (
 )
 
 __all__ = [
+    "Annotation",
     "BadRequest",
+    "CandidatePolicy",
     "CandorError",
     "Classifier",
     "ClassifierSummary",

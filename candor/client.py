@@ -59,6 +59,16 @@ ImageInput = Any  # a path, bytes, a PIL image, or a list of them
 Ref = str | uuid.UUID | BaseModel
 
 
+def _item_payload(item: sources.SourceItem, data: bytes) -> dict[str, Any]:
+    """One item of an upload batch: candidates and annotations only where given."""
+    out: dict[str, Any] = {"id": item.id, "image_base64": base64.b64encode(data).decode("ascii")}
+    if item.candidates is not None:
+        out["candidates"] = item.candidates
+    if item.annotations is not None:
+        out["annotations"] = item.annotations
+    return out
+
+
 def _id(ref: Ref) -> str:
     """The id of a resource given as an id or as the object itself."""
     ident = getattr(ref, "id", ref)
@@ -235,8 +245,15 @@ class Client:
         return self._json("GET", "/readyz")
 
     # ---- datasets ------------------------------------------------------------------------------
-    def create_dataset(self, name: str, classes: Sequence[str]) -> Dataset:
-        body = self._post_json("/v1/datasets", {"name": name, "classes": list(classes)}).json()
+    def create_dataset(
+        self, name: str, classes: Sequence[str], *, candidate_policy: dict[str, Any] | None = None
+    ) -> Dataset:
+        """A new dataset; ``candidate_policy`` (``min_votes``, ``ground_truth_wins``) sets how items'
+        annotations become candidate sets (default: the union of the annotators' labels)."""
+        payload: dict[str, Any] = {"name": name, "classes": list(classes)}
+        if candidate_policy is not None:
+            payload["candidate_policy"] = dict(candidate_policy)
+        body = self._post_json("/v1/datasets", payload).json()
         return self._bind(Dataset.model_validate(body))
 
     def get_dataset(self, dataset: Ref) -> DatasetDetail:
@@ -289,10 +306,7 @@ class Client:
             start = 0
             batches = list(self._batches(items, batch_size, batch_bytes))
             for number, batch in enumerate(batches, 1):
-                payload = [
-                    {"id": it.id, "image_base64": base64.b64encode(data).decode("ascii"), "candidates": it.candidates}
-                    for it, data in batch
-                ]
+                payload = [_item_payload(it, data) for it, data in batch]
                 body = json.dumps({"items": payload}, separators=(",", ":"), ensure_ascii=False)
                 key = "candor-batch-" + hashlib.sha256(f"{dataset_id}\0{body}".encode()).hexdigest()[:48]
                 try:

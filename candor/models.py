@@ -59,10 +59,18 @@ class DatasetSummary(Bound):
     created_at: Timestamp
 
 
+class CandidatePolicy(Model):
+    """How a dataset turns items' annotations into candidate sets."""
+
+    min_votes: int = 1
+    ground_truth_wins: bool = True
+
+
 class Dataset(Bound):
     id: uuid.UUID
     name: str
     classes: list[str]
+    candidate_policy: CandidatePolicy = CandidatePolicy()
     created_at: Timestamp
 
     def upload(self, source: Source, **kwargs: Any) -> UploadResult:
@@ -80,10 +88,19 @@ class DatasetDetail(Dataset):
     class_histogram: dict[str, int] = {}
 
 
+class Annotation(Model):
+    """One annotator's label for an item; ``ground_truth`` marks a reviewed label."""
+
+    annotator: str
+    label: str
+    ground_truth: bool = False
+
+
 class Item(Model):
     id: str
     image_sha256: str
     candidates: list[str]
+    annotations: list[Annotation] = []
     created_at: Timestamp
 
 
@@ -182,6 +199,8 @@ class LabelRow(Model):
     ambiguous: bool = False
     candidates_suspect: bool = False
     prior_label: str | None = None
+    annotations: list[Annotation] = []
+    agreed: list[str] = []
 
 
 # ---- classifiers ---------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
   its copies must be identical files.
 - A manifest holds one JSON object a line: ``{"id", "image", "candidates"}``, the image path
   relative to the manifest; a line without ``image`` takes the one image file named after its id.
+  A line may give ``annotations`` (``[{"annotator", "label"}]``) besides or instead of
+  ``candidates``; the dataset's candidate policy derives the set from them.
 
 Images are read when their batch is sent, never all at once.
 """
@@ -29,8 +31,9 @@ class SourceItem:
     """One item to upload; ``read`` returns the image file's bytes."""
 
     id: str
-    candidates: list[str]
+    candidates: list[str] | None
     read: Callable[[], bytes]
+    annotations: list[dict[str, Any]] | None = None
 
 
 def _quote(text: object, limit: int = 120) -> str:
@@ -91,7 +94,8 @@ def from_manifest(manifest: Path) -> list[SourceItem]:
             path = matches[0]
         if not path.is_file():
             raise InvalidSource(f"{where} (id {_quote(item_id)}): image {_quote(image)} does not exist")
-        items.append(SourceItem(item_id, candidates, _reader(path, f"{where} (id {_quote(item_id)})")))  # type: ignore[arg-type]
+        read = _reader(path, f"{where} (id {_quote(item_id)})")
+        items.append(SourceItem(item_id, candidates, read, row.get("annotations")))  # type: ignore[arg-type]
     return items
 
 
@@ -140,13 +144,20 @@ def from_path(path: Path) -> list[SourceItem]:
 
 
 def from_iterable(rows: Iterable[Any]) -> list[SourceItem]:
-    """Items given as mappings ``{id, image, candidates}``: ``image`` a path, bytes or a PIL image."""
+    """Items given as mappings ``{id, image, candidates}`` or ``{id, image, annotations}`` (or
+    both): ``image`` a path, bytes or a PIL image; ``annotations`` a list of ``{annotator, label}``."""
     from candor.client import image_bytes
 
     items = []
     for n, row in enumerate(rows):
-        if not isinstance(row, dict) or not {"id", "image", "candidates"} <= row.keys():
-            raise InvalidSource(f"item {n}: expected a mapping with id, image and candidates")
+        if (
+            not isinstance(row, dict)
+            or not {"id", "image"} <= row.keys()
+            or not {"candidates", "annotations"} & row.keys()
+        ):
+            raise InvalidSource(f"item {n}: expected a mapping with id, image and candidates or annotations")
         image = row["image"]
-        items.append(SourceItem(row["id"], row["candidates"], lambda image=image: image_bytes(image)))
+        items.append(
+            SourceItem(row["id"], row.get("candidates"), lambda image=image: image_bytes(image), row.get("annotations"))
+        )
     return items

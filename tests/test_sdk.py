@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from candor import (
+    Annotation,
+    CandidatePolicy,
     Client,
     Conflict,
     ConnectionFailed,
@@ -118,6 +120,46 @@ def test_upload_a_zip_then_again_is_replayed(sdk, tmp_path):
     again = sdk.upload(ds, archive)
     assert (again.created, again.unchanged, again.replayed_batches) == (0, 5, 1)
     assert sdk.get_dataset(ds).item_count == 5
+
+
+def test_upload_annotations_from_a_manifest_and_an_iterable_under_a_min_votes_policy(sdk, tmp_path):
+    root = tmp_path / "votes"
+    root.mkdir()
+    color_image(7).save(root / "v0.png")
+    votes = [
+        {"annotator": "a1", "label": "cat"},
+        {"annotator": "a2", "label": "cat"},
+        {"annotator": "a3", "label": "dog"},
+    ]
+    (root / "manifest.jsonl").write_text(json.dumps({"id": "v0", "image": "v0.png", "annotations": votes}) + "\n")
+    ds = sdk.create_dataset("votes", CLASSES, candidate_policy={"min_votes": 2})
+    assert ds.candidate_policy == CandidatePolicy(min_votes=2, ground_truth_wins=True)
+    assert sdk.upload(ds, root / "manifest.jsonl").created == 1
+    rows = [
+        {"id": "v1", "image": png_bytes(8), "annotations": [{"annotator": "r", "label": "bird", "ground_truth": True}]}
+    ]
+    assert sdk.upload(ds, rows).created == 1
+    items = {i.id: i for i in sdk.list_items(ds)}
+    assert items["v0"].candidates == ["cat"]
+    assert [(a.annotator, a.label) for a in items["v0"].annotations] == [("a1", "cat"), ("a2", "cat"), ("a3", "dog")]
+    assert items["v1"].candidates == ["bird"] and items["v1"].annotations == [
+        Annotation(annotator="r", label="bird", ground_truth=True)
+    ]
+    assert sdk.get_dataset(ds).candidate_policy.min_votes == 2
+    with pytest.raises(ValidationFailed) as failed:
+        sdk.upload(ds, [{"id": "v2", "image": png_bytes(9), "annotations": [{"annotator": "a1", "label": "fish"}]}])
+    assert "annotator 'a1'" in str(failed.value) and "'fish'" in str(failed.value)
+    row = LabelRow.model_validate(
+        {
+            "id": "v0",
+            "label": "cat",
+            "confidence": 1.0,
+            "posterior": {"cat": 1.0},
+            "annotations": votes,
+            "agreed": ["a1"],
+        }
+    )
+    assert row.agreed == ["a1"] and row.annotations[2].label == "dog"
 
 
 def test_a_rejected_batch_raises_validation_failed_with_each_items_reason(sdk):
