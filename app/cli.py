@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app import exports
 from app.ml.backbones.registry import spec_help
 from app.ml.config import OBJECTIVES, CleanConfig
 from app.ml.objective_registry import objective_help
@@ -79,9 +80,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".candor-", dir=target))
     try:
-        with (staging / "results.jsonl").open("w") as f:
-            for item in out.items:
-                f.write(json.dumps(item.to_dict()) + "\n")
+        with (staging / "results.jsonl").open("wb") as f:
+            exports.write_jsonl((item.to_dict() for item in out.items), f)
         (staging / "metrics.json").write_text(json.dumps(out.metrics, indent=2) + "\n")
         (staging / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
         out.classifier.save(staging / "classifier")

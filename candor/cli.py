@@ -27,6 +27,7 @@ from typing import Any
 from candor import sources
 from candor.client import Client
 from candor.errors import CandorError, JobFailed, WaitTimeout
+from candor.formats import LABEL_FORMATS as FORMATS
 from candor.models import Job, JobSummary
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -85,7 +86,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _label_format(args: argparse.Namespace) -> str:
-    if args.format:
+    if getattr(args, "format", None):
         return args.format
     return "csv" if Path(args.out).suffix.lower() == ".csv" else "jsonl"
 
@@ -232,8 +233,18 @@ def cmd_labels(args: argparse.Namespace) -> int:
     fmt = _label_format(args)
     with _client(args) as c:
         out = c.download_labels(
-            args.job, args.out, format=fmt, flag=args.flag, max_confidence=args.max_confidence, order=args.order
+            args.job,
+            args.out,
+            format=fmt,
+            flag=args.flag,
+            max_confidence=args.max_confidence,
+            order=args.order,
+            from_name=args.from_name,
+            to_name=args.to_name,
         )
+    if fmt not in ("jsonl", "csv"):
+        print(f"wrote the labels as {fmt} to {out}", file=sys.stderr)
+        return 0
     rows, amb, sus = _flag_counts(out, fmt)
     print(f"wrote {rows} labels ({amb} ambiguous, {sus} with suspect candidate sets) to {out}", file=sys.stderr)
     return 0
@@ -333,8 +344,14 @@ def add_remote_parser(sub: Any) -> None:
 
     lb = command("labels", cmd_labels, "write a finished job's labels to a file")
     lb.add_argument("job")
-    lb.add_argument("--out", required=True, help="labels file to write (.csv or .jsonl)")
-    lb.add_argument("--format", choices=("jsonl", "csv"), help="default: from --out's suffix")
+    lb.add_argument("--out", required=True, help="labels file to write (.csv, .jsonl or .json)")
+    lb.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        help="default: from --out's suffix (csv, else jsonl); labelstudio, argilla, fiftyone, pred_probs: JSON",
+    )
+    lb.add_argument("--from-name", help="--format labelstudio: the <Choices> name (default: choice)")
+    lb.add_argument("--to-name", help="--format labelstudio: the <Image> name (default: image)")
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
     lb.add_argument("--order", choices=("review",), help="review: flagged rows first, then the smallest margin")

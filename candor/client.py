@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel
 
 from candor import errors, sources
+from candor.formats import LABEL_FORMATS as FORMATS
 from candor.models import (
     TERMINAL_STATES,
     Bound,
@@ -452,10 +453,18 @@ class Client:
         flag: str | None = None,
         max_confidence: float | None = None,
         order: str | None = None,
+        from_name: str | None = None,
+        to_name: str | None = None,
     ) -> Path:
-        """Write a finished job's labels to ``path`` as 'jsonl' or 'csv' (the file appears whole or
-        not at all). Returns the path."""
-        params = _label_filters(flag, max_confidence, order) | {"format": format}
+        """Write a finished job's labels to ``path`` (the file appears whole or not at all) in one of
+        the formats of :data:`candor.formats.LABEL_FORMATS`: 'jsonl', 'csv', 'labelstudio' (Label Studio
+        predictions; ``from_name``/``to_name`` name the label config's <Choices> and <Image>),
+        'argilla' (Argilla 2.x records), 'fiftyone' (labels.json) or 'pred_probs' (cleanlab's
+        in-sample N x K probabilities). Returns the path."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown labels format {format}; one of {', '.join(FORMATS)}")
+        names = {k: v for k, v in (("from_name", from_name), ("to_name", to_name)) if v is not None}
+        params = _label_filters(flag, max_confidence, order) | {"format": format} | names
         target = Path(path)
         response = self._send("GET", f"/v1/jobs/{_id(job)}/labels", params=params, stream=True)
         try:

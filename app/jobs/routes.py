@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import csv
-import io
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Literal
@@ -11,14 +8,17 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import case, select, tuple_
 
+from app import exports
+from app.classifiers.models import ClassifierRow
 from app.core import idempotency, pagination
 from app.core.db import get_sessionmaker
 from app.core.deps import SessionDep, TenantDep
 from app.core.problems import Problem
-from app.datasets.models import Item
+from app.datasets.models import Dataset, Item
+from app.exports.schemas import JSON_FORMATS
 from app.jobs import repository as repo
 from app.jobs import service, states
-from app.jobs.models import RESULT_FIELDS, JobResult, result_dict
+from app.jobs.models import JobResult, result_dict
 from app.jobs.schemas import JobCreate, JobOut, JobPage, JobSummary, LabelRow
 from app.ml.votes import agreed
 from app.openapi import register
@@ -78,7 +78,6 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
     return service.job_out(session, job)
 
 
-FIELDS = ["id", *(f for f in RESULT_FIELDS if f != "posterior")]
 LABEL_PAGE = 1000
 Flag = Literal["ambiguous", "candidates_suspect"]
 
@@ -125,27 +124,39 @@ def label_row(result: JobResult, annotations: list | None) -> dict:
 LABELS_OK = {
     "description": "one row per item: `jsonl` writes a LabelRow a line (`application/x-ndjson`), `csv` a header and "
     "a row per item with the posterior, the annotations (annotator: label) and the agreeing annotators as JSON in the "
-    "last three columns (`text/csv`)",
+    "last three columns (`text/csv`); `labelstudio`, `argilla`, `fiftyone` and `pred_probs` write JSON in those "
+    "tools' shapes (`application/json`, one of the schemas listed)",
     "content": {
         "application/x-ndjson": {"schema": register(LabelRow)},
         "text/csv": {"schema": {"type": "string"}},
+        "application/json": {"schema": JSON_FORMATS},
     },
 }
-CSV_HEADERS = {
-    "Content-Disposition": {"description": "`attachment; filename=labels-<job>.csv`", "schema": {"type": "string"}}
+DOWNLOAD_HEADERS = {
+    "Content-Disposition": {
+        "description": "`attachment; filename=labels-<job>.<csv|json>` (csv and the JSON formats)",
+        "schema": {"type": "string"},
+    }
 }
 
 
 @router.get(
     "/{job_id}/labels",
     response_class=StreamingResponse,
-    responses={200: LABELS_OK | {"headers": CSV_HEADERS}, 404: PROBLEM, 409: PROBLEM},
+    responses={200: LABELS_OK | {"headers": DOWNLOAD_HEADERS}, 404: PROBLEM, 409: PROBLEM},
 )
 def get_labels(
     job_id: uuid.UUID,
     session: SessionDep,
     tenant: TenantDep,
-    format: Literal["jsonl", "csv"] = "jsonl",
+    format: Annotated[
+        Literal["jsonl", "csv", "labelstudio", "argilla", "fiftyone", "pred_probs"],
+        Query(
+            description="`jsonl`, `csv`; `labelstudio`: Label Studio predictions (`task` is the item id); `argilla`: "
+            "Argilla 2.x records with suggestions; `fiftyone`: FiftyOne's labels.json; `pred_probs`: cleanlab's N x K "
+            "in-sample pred_probs over the dataset's classes with the item ids and a label_quality per item"
+        ),
+    ] = "jsonl",
     flag: Annotated[Flag | None, Query(description="only the rows with this flag set")] = None,
     max_confidence: Annotated[
         float | None, Query(ge=0, le=1, description="only the rows whose confidence is at most this")
@@ -157,6 +168,12 @@ def get_labels(
             "candidates suspect) before the others, each group by margin, lowest first (then upload order)"
         ),
     ] = "item",
+    from_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="`format=labelstudio`: the <Choices> name")
+    ] = "choice",
+    to_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="`format=labelstudio`: the <Image> name")
+    ] = "image",
 ):
     """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
     mass outside the candidates, flags, and the zero-shot prior's choice. Filter with `flag` and
@@ -165,34 +182,16 @@ def get_labels(
     session.commit()  # the connection goes back to the pool before the rows stream out
     if job.state != states.SUCCEEDED:
         raise Problem(409, "Job not finished", f"job {job.id} is {job.state}; labels exist once it has succeeded")
-    rows = _rows(job.id, flag, max_confidence, order == "review")
-
-    if format == "jsonl":
-
-        def body() -> Iterator[bytes]:
-            for r, votes in rows:
-                yield (json.dumps(label_row(r, votes)) + "\n").encode()
-
-        return StreamingResponse(body(), media_type="application/x-ndjson")
-
-    def csv_body() -> Iterator[bytes]:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow([*FIELDS, "posterior", "annotations", "agreed"])
-        for r, votes in rows:
-            d = label_row(r, votes)
-            compact = {a["annotator"]: a["label"] for a in d["annotations"]}
-            writer.writerow(
-                [*(d[f] for f in FIELDS), json.dumps(d["posterior"]), json.dumps(compact), json.dumps(d["agreed"])]
-            )
-            if buf.tell() > 1 << 16:
-                yield buf.getvalue().encode()
-                buf.seek(0)
-                buf.truncate()
-        yield buf.getvalue().encode()
-
-    return StreamingResponse(
-        csv_body(),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="labels-{job.id}.csv"'},
+    dataset = session.get(Dataset, job.dataset_id)
+    version = session.scalar(select(ClassifierRow.version).where(ClassifierRow.job_id == job.id))
+    meta = exports.ExportMeta(
+        classes=tuple(dataset.classes), model_version=version, from_name=from_name, to_name=to_name
     )
+    session.commit()
+
+    def rows() -> Iterator[dict]:
+        return (label_row(r, votes) for r, votes in _rows(job.id, flag, max_confidence, order == "review"))
+
+    media_type, suffix = exports.FORMATS[format]
+    headers = {} if format == "jsonl" else {"Content-Disposition": f'attachment; filename="labels-{job.id}.{suffix}"'}
+    return StreamingResponse(exports.export(format, rows, meta), media_type=media_type, headers=headers)

@@ -1,0 +1,99 @@
+"""JSON Schemas of the JSON export formats, for the OpenAPI document of the labels route."""
+
+from __future__ import annotations
+
+NUMBER = {"type": "number"}
+STRING = {"type": "string"}
+BOOLEAN = {"type": "boolean"}
+FLAGS = {
+    "type": "object",
+    "properties": {"ambiguous": BOOLEAN, "candidates_suspect": BOOLEAN, "margin": NUMBER, "outside_mass": NUMBER},
+}
+
+LABELSTUDIO = {
+    "title": "LabelStudioPredictions",
+    "description": "`format=labelstudio`: Label Studio predictions; `task` is the item id",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["task", "model_version", "score", "result", "meta"],
+        "properties": {
+            "task": STRING,
+            "model_version": STRING,
+            "score": NUMBER,
+            "result": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["from_name", "to_name", "type", "value"],
+                    "properties": {
+                        "from_name": STRING,
+                        "to_name": STRING,
+                        "type": {"const": "choices"},
+                        "value": {
+                            "type": "object",
+                            "required": ["choices"],
+                            "properties": {"choices": {"type": "array", "items": STRING}},
+                        },
+                    },
+                },
+            },
+            "meta": {"type": "object"},
+        },
+    },
+}
+
+SUGGESTION = {
+    "type": "object",
+    "required": ["question_name", "value", "score", "agent", "type"],
+    "properties": {
+        "question_name": STRING,
+        "value": {"anyOf": [STRING, {"type": "array", "items": STRING}]},
+        "score": {"anyOf": [NUMBER, {"type": "array", "items": NUMBER}]},
+        "agent": STRING,
+        "type": {"const": "model"},
+    },
+}
+ARGILLA = {
+    "title": "ArgillaRecords",
+    "description": "`format=argilla`: Argilla 2.x records with the suggestions `label` and `candidates`",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["id", "metadata", "suggestions"],
+        "properties": {"id": STRING, "metadata": FLAGS, "suggestions": {"type": "array", "items": SUGGESTION}},
+    },
+}
+
+FIFTYONE = {
+    "title": "FiftyOneLabels",
+    "description": "`format=fiftyone`: a FiftyOneImageClassificationDataset `labels.json`",
+    "type": "object",
+    "required": ["classes", "labels"],
+    "properties": {
+        "classes": {"type": "array", "items": STRING},
+        "labels": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["label", "confidence", "attributes"],
+                "properties": {"label": {"type": "integer"}, "confidence": NUMBER, "attributes": FLAGS},
+            },
+        },
+    },
+}
+
+PRED_PROBS = {
+    "title": "PredProbs",
+    "description": "`format=pred_probs`: cleanlab's N x K pred_probs (in-sample) with the item ids",
+    "type": "object",
+    "required": ["classes", "ids", "pred_probs", "label_quality"],
+    "properties": {
+        "classes": {"type": "array", "items": STRING},
+        "ids": {"type": "array", "items": STRING},
+        "pred_probs": {"type": "array", "items": {"type": "array", "items": NUMBER}},
+        "label_quality": {"type": "array", "items": NUMBER},
+    },
+}
+
+JSON_FORMATS = {"anyOf": [LABELSTUDIO, ARGILLA, FIFTYONE, PRED_PROBS]}
