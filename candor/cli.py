@@ -86,7 +86,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _label_format(args: argparse.Namespace) -> str:
-    if getattr(args, "format", None):
+    if args.format:
         return args.format
     return "csv" if Path(args.out).suffix.lower() == ".csv" else "jsonl"
 

@@ -88,6 +88,15 @@ def test_the_small_verbs_list_show_fetch_and_refuse_plainly(finished_run, servic
     assert rc == 0 and lines[0].startswith("id,label,confidence") and len(lines) == 9
     assert "wrote 8 labels" in err and str(csv_out) in err
 
+    ls_out = tmp_path / "predictions.json"
+    rc, _, err = cli(
+        capsys, "remote", "labels", job, "--out", str(ls_out), "--format", "labelstudio", "--from-name", "pet", *auth
+    )
+    preds = json.loads(ls_out.read_text())
+    assert rc == 0 and len(preds) == 8 and f"as labelstudio to {ls_out}" in err
+    assert {p["result"][0]["from_name"] for p in preds} == {"pet"}
+    assert {p["result"][0]["value"]["choices"][0] for p in preds} <= set(CLASSES)
+
     rc, out, _ = cli(capsys, "remote", "predict", clf, str(folder / "cat" / "p1.png"), "--top-k", "2", *auth)
     pred = json.loads(out)
     assert rc == 0 and pred["label"] in CLASSES and len(pred["top"]) == 2

@@ -291,6 +291,11 @@ def test_a_job_waited_to_success_then_its_labels_and_predictions(trained, capsys
     csv_path = c.download_labels(job, folder / "labels.csv", format="csv")
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("id,label,confidence") and len(lines) == 11
+    probs = json.loads(c.download_labels(job, folder / "pred_probs.json", format="pred_probs").read_text())
+    assert probs["classes"] == CLASSES and probs["ids"] == [r.id for r in rows]
+    chosen = [p[CLASSES.index(r.label)] for p, r in zip(probs["pred_probs"], rows, strict=True)]
+    assert chosen == pytest.approx([r.confidence for r in rows], abs=1e-6)
+    assert probs["label_quality"] == [r.confidence for r in rows]
 
     clf = job.classifier()
     assert clf.classes == CLASSES and clf.backbone == "tiny"
