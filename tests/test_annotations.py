@@ -174,7 +174,9 @@ def test_malformed_annotations_in_json_are_422s_without_reprs(client, auth, anno
 def test_too_many_annotations_is_a_422(client, auth):
     ds = new_dataset(client, auth)
     many = [{"annotator": f"a{k}", "label": "coat"} for k in range(1001)]
-    problem(post_items(client, auth, ds["id"], [{"id": "x", "image_base64": b64png(1), "annotations": many}]))
+    body = problem(post_items(client, auth, ds["id"], [{"id": "x", "image_base64": b64png(1), "annotations": many}]))
+    assert "annotations" in json.dumps(body)
+    assert client.get(f"/v1/datasets/{ds['id']}/items", headers=auth).json()["items"] == []  # nothing stored
 
 
 def test_an_item_with_neither_candidates_nor_annotations_is_a_422(client, auth):
@@ -188,7 +190,7 @@ def test_bad_policies_are_422s(client, auth):
         r = client.post(
             "/v1/datasets", json={"name": "d", "classes": CLASSES, "candidate_policy": policy}, headers=auth
         )
-        problem(r)
+        assert "candidate_policy" in json.dumps(problem(r))
 
 
 def test_same_annotations_are_unchanged_and_different_ones_a_422(client, auth):
