@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.ml.alignment import candidate_posterior, learnable_weight, mixed_posterior, paper_alignment
+from app.ml.alignment import learnable_weight, mixed_posterior, paper_alignment
 from app.ml.config import OBJECTIVES, MixConfig, ObjectiveConfig
-from app.ml.objectives import build_objective, restrict
+from app.ml.objectives import build_objective, restrict, restrict_logits
 
 torch.manual_seed(0)
 ZL = torch.randn(6, 5) * 3
@@ -153,7 +153,7 @@ def test_paper_weight_balances_the_two_terms_and_trust_scales_it():
     zv = z.clone().requires_grad_(True)
     base = pll("proden", zv, s)
     _, lam = paper_alignment(base, zv, zh, s)
-    target = candidate_posterior(zh, s)
+    target = restrict_logits(zh, s)
     align = -(target * torch.log_softmax(z, dim=1)).sum(dim=1).mean()
     assert float(lam * align) == pytest.approx(float(base.detach()), rel=1e-12)  # equal size at every batch
     _, lam_half = paper_alignment(base, zv, zh, s, trust=0.25)
@@ -178,7 +178,7 @@ def test_paper_weight_is_zero_where_the_alignment_loss_vanishes():
 def test_paper_target_sums_to_one_at_extreme_logits(gap):
     zh = torch.tensor([[gap, 0.0, 0.0, -gap], [0.0, gap, 1.0, 2.0]])
     s = torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]])
-    t = candidate_posterior(zh, s)
+    t = restrict_logits(zh, s)
     assert torch.allclose(t.sum(dim=1), torch.ones(2), atol=1e-6)
     assert torch.all(t[s == 0] == 0)
     assert float(t[0, 1]) == pytest.approx(0.5)

@@ -31,16 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from app.ml.config import MixConfig
-from app.ml.objectives import restrict, soft_cross_entropy
-
-
-def candidate_posterior(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) restricted to the candidates and renormalised, i.e. the softmax of the logits
-    with every non-candidate at -inf: computed in log space, so every row sums to one for any logit
-    gap. Raises ValueError when a row has no candidate."""
-    if bool((mask.sum(dim=1) == 0).any()):
-        raise ValueError("a candidate mask row is empty: every item needs at least one candidate")
-    return F.softmax(logits.masked_fill(mask <= 0, float("-inf")), dim=1)
+from app.ml.objectives import restrict, restrict_logits, soft_cross_entropy
 
 
 def paper_alignment(
@@ -57,7 +48,7 @@ def paper_alignment(
     ``L_align`` = 0 (the learnable prompt already puts all its mass on a one-hot target, where the
     paper's ratio divides by zero) gets weight 0: that term has no gradient there anyway.
     """
-    target = candidate_posterior(prior_logits.detach(), mask).to(logits.dtype)
+    target = restrict_logits(prior_logits.detach(), mask).to(logits.dtype)
     align = soft_cross_entropy(logits, target)
     a, p = align.detach(), pll_loss.detach()
     lam = torch.where(a > 0, trust * p / torch.where(a > 0, a, torch.ones_like(a)), torch.zeros_like(a))
