@@ -5,7 +5,7 @@ import tempfile
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +26,7 @@ from app.datasets.schemas import (
     ItemPage,
     ItemsBatch,
 )
+from app.imports import ImportFormat, reader
 from app.jobs import repository as jobs_repo
 from app.jobs.leases import LIVE
 
@@ -130,7 +131,12 @@ def add_items(dataset_id: uuid.UUID, batch: ItemsBatch, session: SessionDep, ten
     },
 )
 async def import_zip(
-    dataset_id: uuid.UUID, request: Request, session: SessionDep, tenant: TenantDep, key: IdemKey = None
+    dataset_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    key: IdemKey = None,
+    format: Annotated[ImportFormat, Query(description="the ZIP's layout")] = ImportFormat.candor,
 ):
     """Import a ZIP sent as the request body (`Content-Type: application/zip` or
     `application/octet-stream`): `manifest.jsonl`
@@ -154,18 +160,18 @@ async def import_zip(
             digest.update(chunk)
             tmp.write(chunk)
         tmp.seek(0)
-        return await run_in_threadpool(_import, session, tenant, dataset_id, tmp, digest.hexdigest(), key)
+        return await run_in_threadpool(_import, session, tenant, dataset_id, tmp, digest.hexdigest(), key, format.value)
 
 
-def _import(session, tenant, dataset_id: uuid.UUID, tmp, digest: str, key: str | None) -> JSONResponse:
+def _import(session, tenant, dataset_id: uuid.UUID, tmp, digest: str, key: str | None, fmt: str) -> JSONResponse:
     ds = service.require_dataset(session, tenant, dataset_id)
     route = f"POST /v1/datasets/{dataset_id}/imports"
-    fp = idempotency.fingerprint(route, digest)
+    fp = idempotency.fingerprint(route, digest) if fmt == "candor" else idempotency.fingerprint(route, fmt, digest)
     replayed = idempotency.replay(session, tenant, key, route, fp)
     if replayed is not None:
         return replayed
     with service.open_zip(tmp) as zf:
-        return _ingest_response(session, tenant, ds, service.incoming_from_zip(zf), key, route, fp)
+        return _ingest_response(session, tenant, ds, reader(fmt)(zf, ds.classes), key, route, fp)
 
 
 @router.get("/{dataset_id}/items", response_model=ItemPage, responses={400: PROBLEM, 404: PROBLEM})
