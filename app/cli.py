@@ -325,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from sqlalchemy.exc import OperationalError
+
     from app.ml.artifacts import ArtifactError
     from app.ml.backbones import BackboneUnavailable
     from app.ml.data import InputError
@@ -335,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ImageError, ArtifactError, BackboneUnavailable, ValueError) as exc:
         print(f"candor: error: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:
+        # The database is down or unreachable: say where and why in one line, not a traceback.
+        from app.core.settings import get_settings
+
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "it did not answer"
+        where = database_label(get_settings().effective_database_url)
+        print(f"candor: error: cannot reach the database {where}: {reason}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -239,3 +239,20 @@ def test_preset_flag_applies_the_recipe_under_the_other_flags(tmp_path):
     assert cfg.preset == "coop" and cfg.train.optimizer == "sgd" and cfg.train.weight_decay == 5e-4
     assert cfg.train.epochs == 7 and cfg.train.seed == 4  # the flags win; the file keeps what the preset leaves
     assert build_config(parser().parse_args(argv)).train.weight_decay == 0.1
+
+
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["keys", "create", "--tenant", "t"]])
+def test_unreachable_database_is_one_line_not_a_traceback(argv, monkeypatch, capsys):
+    from app.core.settings import get_settings
+
+    monkeypatch.setenv("CANDOR_DATABASE_URL", "postgresql+psycopg://candor@127.0.0.1:1/candor?connect_timeout=2")
+    monkeypatch.delenv("CANDOR_EMBEDDED", raising=False)
+    get_settings.cache_clear()
+    try:
+        code = main(argv)
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "cannot reach the database postgresql+psycopg://candor@127.0.0.1:1/candor" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
