@@ -393,6 +393,25 @@ def test_predict_input_checks(client, auth, classifier, huge_png):
     assert assert_problem(garbage, 422)["detail"] == "image 0: not a readable image (unknown or unsupported format)"
 
 
+def test_predict_caps_the_pixels_of_a_whole_request(client, auth, classifier, monkeypatch):
+    from app.core.settings import get_settings
+
+    url = f"/v1/classifiers/{classifier}/predict"
+    # each 32 x 32 image is under the per-image cap; three of them are over a request budget of 2.5 images
+    monkeypatch.setattr(get_settings(), "max_predict_pixels", 32 * 32 * 5 // 2)
+    assert client.post(url, json={"images": [b64png(1), b64png(2)]}, headers=auth).status_code == 200
+    r = client.post(url, json={"images": [b64png(1), b64png(2), b64png(3)]}, headers=auth)
+    assert assert_problem(r, 413)["detail"] == (
+        "image 2 brings the request to 3,072 pixels; one /predict request takes at most 2,560 pixels in all: "
+        "send fewer images per request"
+    )
+    files = [("files", (f"{n}.png", png_bytes(n), "image/png")) for n in (1, 2, 3)]
+    assert (
+        "image 2 brings the request to 3,072 pixels"
+        in assert_problem(client.post(url, files=files, headers=auth), 413)["detail"]
+    )
+
+
 # ---- body limits ------------------------------------------------------------------------------
 
 

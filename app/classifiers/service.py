@@ -20,7 +20,7 @@ from app.core.problems import Problem, not_found
 from app.core.security import TenantRef
 from app.core.settings import get_settings
 from app.ml.artifacts import ArtifactError, Classifier
-from app.ml.features import ImageError, decode_image
+from app.ml.features import ImageError, decode_image, header_pixels
 from app.ml.text import show, text_problem
 
 
@@ -167,6 +167,17 @@ def predict(
     settings = get_settings()
     if candidates:
         _check_candidates(candidates, clf.classes)
+    # The request's pixel budget is checked from the headers before anything is decoded.
+    total = 0
+    for i, b in enumerate(blobs):
+        total += header_pixels(b) or 0
+        if total > settings.max_predict_pixels:
+            raise Problem(
+                413,
+                "Request too large",
+                f"image {i} brings the request to {total:,} pixels; one /predict request takes at most "
+                f"{settings.max_predict_pixels:,} pixels in all: send fewer images per request",
+            )
     images = []
     try:
         for i, b in enumerate(blobs):

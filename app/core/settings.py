@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="largest accepted image in pixels (width x height), read from the header before decoding; "
         "applies to uploads, imports, /predict and the workers",
     )
+    max_predict_pixels: int = Field(
+        256 << 20,
+        ge=1,
+        description="most pixels (width x height, summed over the images) one /predict request may bring; "
+        "read from the headers before decoding (default: 256 one-megapixel images)",
+    )
     max_json_bytes: int = Field(
         128 << 20,
         ge=1,

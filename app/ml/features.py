@@ -63,6 +63,19 @@ def default_max_pixels() -> int:
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, default_max_pixels())
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height as the image's header states it, without decoding; None when the header
+    cannot be read (decode_image then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Exception:
+        return None
+    return width * height
+
+
 def decode_image(data: bytes, label: str, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes fully (so truncated files fail here), or raise ImageError naming the item.
 
