@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
@@ -45,16 +45,26 @@ def renew(session: Session, job_id: uuid.UUID, owner: str | None = None) -> bool
     return session.execute(stmt).rowcount == 1
 
 
+def expired_before(now: datetime | None = None) -> datetime:
+    """The heartbeat time before which a lease has expired."""
+    return (now or utcnow()) - timedelta(seconds=get_settings().job_lease_seconds)
+
+
+def expired(before: datetime):
+    """The SQL condition "the job's lease expired" (no heartbeat, or one older than ``before``): the one
+    test the reaper and a redelivered training step share."""
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < before)
+
+
 def claim_training(session: Session, job_id: uuid.UUID, owner: str) -> bool:
     """Take a training job unless another delivery holds a live lease on it."""
     now = utcnow()
-    stale = now - timedelta(seconds=get_settings().job_lease_seconds)
     stmt = (
         update(Job)
         .where(
             Job.id == job_id,
             Job.state == states.TRAINING,
-            or_(Job.lease_owner.is_(None), Job.lease_owner == owner, Job.heartbeat_at < stale),
+            or_(Job.lease_owner.is_(None), Job.lease_owner == owner, expired(expired_before(now))),
         )
         .values(lease_owner=owner, heartbeat_at=now)
         .execution_options(synchronize_session=False)

@@ -22,16 +22,16 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import session_scope, utcnow
 from app.core.settings import get_settings
 from app.core.uow import after_commit
 from app.jobs import dispatch, states
-from app.jobs.leases import LIVE
+from app.jobs.leases import LIVE, expired, expired_before
 from app.jobs.models import Job
 
 log = logging.getLogger("candor.reaper")
@@ -45,18 +45,13 @@ class Reaped:
     action: str  # waiting | cancelled | redriven | failed
 
 
-def _stale(before: datetime):
-    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < before)
-
-
 def reap(now: datetime | None = None) -> list[Reaped]:
     """One pass over the live jobs whose lease expired; returns what was done to each."""
-    settings = get_settings()
-    before = (now or utcnow()) - timedelta(seconds=settings.job_lease_seconds)
+    before = expired_before(now)
     with session_scope() as session:
         rows = session.execute(
             select(Job.id, Job.state, Job.attempt)
-            .where(Job.state.in_(LIVE), _stale(before))
+            .where(Job.state.in_(LIVE), expired(before))
             .order_by(Job.heartbeat_at)
             .limit(BATCH)
         ).all()
@@ -80,7 +75,7 @@ def reap(now: datetime | None = None) -> list[Reaped]:
 def _drive(session: Session, job_id: uuid.UUID, state: str, attempt: int, waiting: bool, before: datetime):
     claimed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == state, _stale(before))
+        .where(Job.id == job_id, Job.state == state, expired(before))
         .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
