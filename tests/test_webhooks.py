@@ -381,6 +381,61 @@ def test_next_attempt_time_is_listed_while_pending_and_the_delivery_is_given_up_
         receiver.close()
 
 
+def test_an_endpoint_whose_deliveries_are_given_up_in_a_row_is_disabled_until_enabled(
+    api, dispatcher, monkeypatch, allow_private
+):
+    monkeypatch.setattr(get_settings(), "webhook_retry_seconds", [60.0])  # two attempts a delivery
+    monkeypatch.setattr(get_settings(), "webhook_disable_after", 2)
+    receiver = Receiver(statuses=[503])
+    try:
+        key = new_key()
+        hook = register(api, key, receiver.url, ["job.failed"])
+
+        def fail_a_job() -> list[str]:
+            with session_scope() as s:
+                assert states.finish(s, make_job(key), states.FAILED, error="x")
+            return deliveries_sent(dispatcher)
+
+        now = utcnow() + timedelta(minutes=1)  # after every delivery this test writes is due
+        later = now + timedelta(seconds=61)
+        first = fail_a_job()[-1]
+        delivery.deliver(first, now=now)
+        assert delivery.deliver(first, now=later).status_code == 503
+        assert delivery_row(first).status == "failed"
+        assert api.get(f"/v1/webhooks/{hook['id']}", headers=key).json()["enabled"] is True  # one in a row
+        second = fail_a_job()[-1]
+        third = fail_a_job()[-1]
+        delivery.deliver(third, now=now)  # third is pending, due again at `later`
+        delivery.deliver(second, now=now)
+        delivery.deliver(second, now=later)  # the second given up in a row: disabled
+        got = api.get(f"/v1/webhooks/{hook['id']}", headers=key).json()
+        assert got["enabled"] is False and got["disabled_at"].endswith("Z")
+        assert got["disabled_reason"] == (
+            "disabled after 2 deliveries in a row were given up; the last attempt: HTTP 503"
+        )
+        [listed] = [w for w in api.get("/v1/webhooks", headers=key).json()["items"] if w["id"] == hook["id"]]
+        assert listed["enabled"] is False
+        # a disabled endpoint: its pending delivery waits, a new event writes nothing for it
+        requests_so_far = len(receiver.requests)
+        far = now + timedelta(days=1)
+        assert delivery.sweep(now=far) == 0 and delivery.deliver(third, now=far) is None
+        sent = len(deliveries_sent(dispatcher))
+        assert len(fail_a_job()) == sent
+        assert len(receiver.requests) == requests_so_far
+        assert delivery_row(third).status == "pending"
+        # another tenant cannot enable it; its owner can, and the pending delivery goes out
+        assert api.post(f"/v1/webhooks/{hook['id']}/enable", headers=new_key()).status_code == 404
+        receiver.statuses = [200]
+        enabled = api.post(f"/v1/webhooks/{hook['id']}/enable", headers=key)
+        assert enabled.status_code == 200 and enabled.json()["enabled"] is True
+        assert enabled.json()["disabled_reason"] is None
+        assert delivery.sweep(now=far) == 1 and deliveries_sent(dispatcher)[-1] == third
+        assert delivery.deliver(third, now=far).ok and delivery_row(third).status == "delivered"
+        assert len(fail_a_job()) == sent + 2  # the sweep's message, then the new event's
+    finally:
+        receiver.close()
+
+
 def test_an_answer_slower_than_the_timeout_is_a_failed_attempt(api, dispatcher, monkeypatch, allow_private):
     monkeypatch.setattr(get_settings(), "webhook_timeout_seconds", 0.5)
     receiver = Receiver(delay=3.0)

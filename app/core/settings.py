@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="waits before each retry of a failed webhook delivery (comma-separated seconds); one attempt "
         "plus one per value, then the delivery is given up",
     )
+    webhook_disable_after: int = Field(
+        5,
+        ge=0,
+        description="an endpoint is disabled after this many deliveries in a row were given up (0: never); "
+        "POST /v1/webhooks/{id}/enable turns it back on",
+    )
     webhook_sweep_seconds: float = Field(
         30.0, gt=0.0, description="how often deliveries that are due (retries, lost messages) are sent again"
     )

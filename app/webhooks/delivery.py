@@ -137,7 +137,7 @@ def deliver(delivery_id: str | uuid.UUID, now: datetime | None = None) -> Outcom
         claimed = repo.claim(session, delivery_id, now, now + busy)
     if claimed is None:
         return None
-    number, body, url, secret = claimed
+    number, body, url, secret, endpoint_id = claimed
     outcome = post(url, signed_headers(secret, str(delivery_id), body, utcnow()), body)
     finished = now + timedelta(milliseconds=outcome.duration_ms)
     wait = None if outcome.ok else next_wait(number)
@@ -154,9 +154,13 @@ def deliver(delivery_id: str | uuid.UUID, now: datetime | None = None) -> Outcom
             )
         )
         if outcome.ok:
-            repo.settle(session, delivery_id, number, status=DELIVERED, next_attempt_at=None, finished_at=finished)
+            if repo.settle(session, delivery_id, number, status=DELIVERED, next_attempt_at=None, finished_at=finished):
+                repo.endpoint_delivered(session, endpoint_id)
         elif wait is None:
-            repo.settle(session, delivery_id, number, status=FAILED, next_attempt_at=None, finished_at=finished)
+            if repo.settle(session, delivery_id, number, status=FAILED, next_attempt_at=None, finished_at=finished):
+                last = f"HTTP {outcome.status_code}" if outcome.status_code is not None else outcome.error
+                if repo.endpoint_gave_up(session, endpoint_id, get_settings().webhook_disable_after, finished, last):
+                    log.warning("webhook endpoint %s disabled after deliveries in a row were given up", endpoint_id)
         else:
             repo.settle(session, delivery_id, number, next_attempt_at=finished + timedelta(seconds=wait))
     log.info(

@@ -22,6 +22,10 @@ class WebhookEndpoint(Base):
     events: Mapped[list] = mapped_column(JSONType)
     secret: Mapped[str] = mapped_column(String(128))  # whsec_<base64>; needed in the clear to sign
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # deliveries given up since the last one delivered; at CANDOR_WEBHOOK_DISABLE_AFTER the endpoint is disabled
+    failed_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class WebhookDelivery(Base):

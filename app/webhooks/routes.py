@@ -70,6 +70,17 @@ def delete_webhook(webhook_id: uuid.UUID, session: SessionDep, tenant: TenantDep
     return Response(status_code=204)
 
 
+@router.post("/{webhook_id}/enable", response_model=WebhookOut, responses={404: PROBLEM})
+def enable_webhook(webhook_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
+    """Turn a webhook back on after Candor disabled it (`enabled: false`, `disabled_reason`): its
+    count of failures starts again at zero, its pending deliveries resume, new events reach it.
+    Answers the webhook; enabling an enabled webhook changes nothing."""
+    endpoint = service.enable_endpoint(session, tenant, webhook_id)
+    out = WebhookOut.model_validate(endpoint).model_dump(mode="json")
+    session.commit()
+    return JSONResponse(out)
+
+
 @router.get("/{webhook_id}/deliveries", response_model=DeliveryPage, responses={400: PROBLEM, 404: PROBLEM})
 def list_webhook_deliveries(
     webhook_id: uuid.UUID,

@@ -4,7 +4,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    computed_field,
+    field_validator,
+)
 
 from app.core.pagination import Page
 
@@ -43,6 +52,17 @@ class WebhookOut(BaseModel):
     url: str
     events: list[WebhookEvent]
     created_at: UTCDateTime
+    disabled_at: UTCDateTime | None = Field(
+        None,
+        description="when Candor stopped sending to it after deliveries in a row were given up "
+        "(CANDOR_WEBHOOK_DISABLE_AFTER); null while it is enabled",
+    )
+    disabled_reason: str | None = Field(None, description="why it was disabled, with the last attempt's outcome")
+
+    @computed_field(description="false once disabled: no new messages, pending ones wait for POST .../enable")
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
 
 
 class WebhookCreated(WebhookOut):

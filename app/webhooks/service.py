@@ -79,3 +79,10 @@ def deliveries(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, curs
         )
 
     return pagination.page(rows, limit, pagination.time_id_cursor, out)
+
+
+def enable_endpoint(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    if not repo.enable_endpoint(session, tenant.id, endpoint_id):
+        raise not_found("webhook", endpoint_id)
+    session.expire_all()
+    return require_endpoint(session, tenant, endpoint_id)
