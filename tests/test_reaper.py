@@ -163,3 +163,23 @@ def test_state_changes_renew_the_heartbeat(committed):
     with session_scope() as s:
         assert states.transition(s, j, states.FEATURIZING)
     assert utcnow() - job(j).heartbeat_at < timedelta(seconds=5)
+
+
+def test_the_embedded_thread_runs_the_reaper_and_the_sweep_each_at_its_own_interval(monkeypatch):
+    from app.core.settings import get_settings
+    from app.jobs import reaper
+    from app.webhooks import delivery
+
+    monkeypatch.setattr(get_settings(), "reaper_interval_seconds", 0.05)
+    monkeypatch.setattr(get_settings(), "webhook_sweep_seconds", 0.4)
+    runs = {"reaper": 0, "sweep": 0}
+    monkeypatch.setattr(reaper, "reap", lambda: runs.__setitem__("reaper", runs["reaper"] + 1))
+    monkeypatch.setattr(delivery, "sweep", lambda: runs.__setitem__("sweep", runs["sweep"] + 1))
+    thread = reaper.ReaperThread()
+    thread.start()
+    time.sleep(1.0)
+    thread.stop()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+    assert 1 <= runs["sweep"] <= 3  # about every 0.4 s
+    assert runs["reaper"] >= 4 * runs["sweep"]  # about every 0.05 s

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,19 +107,29 @@ def _drive(session: Session, job_id: uuid.UUID, state: str, attempt: int, waitin
 
 
 class ReaperThread(threading.Thread):
-    """Embedded mode: the reaper, and the webhook sweep that ``candor beat`` runs otherwise, in a
-    daemon thread of the API process."""
+    """Embedded mode: the reaper (every ``CANDOR_REAPER_INTERVAL_SECONDS``) and the webhook sweep
+    (every ``CANDOR_WEBHOOK_SWEEP_SECONDS``), which ``candor beat`` runs otherwise, in a daemon thread
+    of the API process. ``interval`` sets both, for tests."""
 
     def __init__(self, interval: float | None = None):
         super().__init__(name="candor-reaper", daemon=True)
-        self.interval = get_settings().reaper_interval_seconds if interval is None else interval
+        settings = get_settings()
+        self.intervals = {
+            "reaper": settings.reaper_interval_seconds if interval is None else interval,
+            "webhook sweep": settings.webhook_sweep_seconds if interval is None else interval,
+        }
         self.stopped = threading.Event()
 
     def run(self) -> None:
         from app.webhooks import delivery
 
-        while not self.stopped.wait(self.interval):
-            for name, fn in (("reaper", reap), ("webhook sweep", delivery.sweep)):
+        tasks = {"reaper": reap, "webhook sweep": delivery.sweep}
+        due = {name: time.monotonic() + self.intervals[name] for name in tasks}
+        while not self.stopped.wait(max(0.0, min(due.values()) - time.monotonic())):
+            for name, fn in tasks.items():
+                if time.monotonic() < due[name]:
+                    continue
+                due[name] = time.monotonic() + self.intervals[name]
                 try:
                     fn()
                 except Exception:  # a database outage: try again at the next interval
