@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import threading
 import time
 import uuid
@@ -434,6 +435,23 @@ def test_an_endpoint_whose_deliveries_are_given_up_in_a_row_is_disabled_until_en
         assert len(fail_a_job()) == sent + 2  # the sweep's message, then the new event's
     finally:
         receiver.close()
+
+
+def test_links_are_absolute_when_the_public_url_is_set(api, dispatcher, monkeypatch, allow_private):
+    from app.core.settings import Settings
+
+    monkeypatch.setattr(get_settings(), "public_url", "https://candor.example.com")
+    key = new_key()
+    register(api, key, "http://127.0.0.1:9/hook", ["job.failed"])
+    job_id = make_job(key)
+    with session_scope() as s:
+        assert states.finish(s, job_id, states.FAILED, error="x")
+    [delivery_id] = deliveries_sent(dispatcher)
+    payload = json.loads(delivery_row(delivery_id).payload)
+    assert payload["data"]["links"] == {"job": f"https://candor.example.com/v1/jobs/{job_id}"}
+    assert Settings(public_url="https://c.example.com/base/").public_url == "https://c.example.com/base"
+    with pytest.raises(ValueError, match="CANDOR_PUBLIC_URL must be an http"):
+        Settings(public_url="ftp://c.example.com")
 
 
 def test_an_answer_slower_than_the_timeout_is_a_failed_attempt(api, dispatcher, monkeypatch, allow_private):

@@ -7,6 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -112,6 +113,11 @@ class Settings(BaseSettings):
         description="waits before each retry of a failed webhook delivery (comma-separated seconds); one attempt "
         "plus one per value, then the delivery is given up",
     )
+    public_url: str | None = Field(
+        None,
+        description="the address users reach this API at (https://candor.example.com); when set, webhook "
+        "messages carry absolute links, else paths",
+    )
     webhook_disable_after: int = Field(
         5,
         ge=0,
@@ -121,6 +127,18 @@ class Settings(BaseSettings):
     webhook_sweep_seconds: float = Field(
         30.0, gt=0.0, description="how often deliveries that are due (retries, lost messages) are sent again"
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "CANDOR_PUBLIC_URL must be an http(s) URL without a query, such as https://candor.example.com"
+            )
+        return value.rstrip("/")
 
     @field_validator("webhook_retry_seconds", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.classifiers.models import ClassifierRow
 from app.core.db import new_id, utcnow
+from app.core.settings import get_settings
 from app.core.uow import after_commit
 from app.jobs.models import Job
 from app.webhooks import delivery
@@ -45,11 +46,12 @@ def job_payload(session: Session, job_id: uuid.UUID, state: str) -> tuple[uuid.U
         select(Job.tenant_id, Job.dataset_id, Job.error, Job.finished_at).where(Job.id == job_id)
     ).one()
     classifier_id = session.scalar(select(ClassifierRow.id).where(ClassifierRow.job_id == job_id))
-    links = {"job": f"/v1/jobs/{job_id}"}
+    base = get_settings().public_url or ""  # absolute links when the API's public address is known
+    links = {"job": f"{base}/v1/jobs/{job_id}"}
     if state == "succeeded":
-        links["labels"] = f"/v1/jobs/{job_id}/labels"
+        links["labels"] = f"{base}/v1/jobs/{job_id}/labels"
     if classifier_id is not None:
-        links["classifier"] = f"/v1/classifiers/{classifier_id}"
+        links["classifier"] = f"{base}/v1/classifiers/{classifier_id}"
     kind = f"job.{state}"
     data = {
         "job_id": str(job_id),

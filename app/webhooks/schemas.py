@@ -84,7 +84,7 @@ class JobEventData(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
     error: str | None
     classifier_id: uuid.UUID | None
-    links: JobEventLinks = Field(description="paths on this API")
+    links: JobEventLinks = Field(description="paths on this API; absolute URLs when CANDOR_PUBLIC_URL is set")
 
 
 class WebhookPayload(BaseModel):
