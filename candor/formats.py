@@ -12,4 +12,5 @@ LABEL_FORMATS: dict[str, tuple[str, str]] = {
     "argilla": ("application/json", "json"),
     "fiftyone": ("application/json", "json"),
     "pred_probs": ("application/json", "json"),
+    "pred_probs_npz": ("application/zip", "npz"),
 }

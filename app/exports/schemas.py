@@ -7,7 +7,13 @@ STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 FLAGS = {
     "type": "object",
-    "properties": {"ambiguous": BOOLEAN, "candidates_suspect": BOOLEAN, "margin": NUMBER, "outside_mass": NUMBER},
+    "properties": {
+        "ambiguous": BOOLEAN,
+        "candidates_suspect": BOOLEAN,
+        "margin": NUMBER,
+        "outside_mass": NUMBER,
+        "label_quality": NUMBER,
+    },
 }
 
 LABELSTUDIO = {
@@ -85,14 +91,17 @@ FIFTYONE = {
 
 PRED_PROBS = {
     "title": "PredProbs",
-    "description": "`format=pred_probs`: cleanlab's N x K pred_probs (in-sample) with the item ids",
+    "description": "`format=pred_probs`: cleanlab's N x K pred_probs with the item ids and Candor's labels as class "
+    "indices; out_of_sample: from the k-fold linear probe (cross_validation.folds) rather than in-sample",
     "type": "object",
-    "required": ["classes", "ids", "pred_probs", "label_quality"],
+    "required": ["classes", "ids", "labels", "pred_probs", "label_quality", "out_of_sample"],
     "properties": {
         "classes": {"type": "array", "items": STRING},
         "ids": {"type": "array", "items": STRING},
+        "labels": {"type": "array", "items": {"type": "integer"}},
         "pred_probs": {"type": "array", "items": {"type": "array", "items": NUMBER}},
         "label_quality": {"type": "array", "items": NUMBER},
+        "out_of_sample": BOOLEAN,
     },
 }
 

@@ -127,3 +127,12 @@ class LabelRow(BaseModel):
         "in `csv` a JSON object annotator: label"
     )
     agreed: list[str] = Field(description="the annotators whose label is `label`; in `csv` a JSON list")
+    label_quality: float = Field(
+        description="cleanlab's label quality score of `label` (self-confidence: its probability in the item's "
+        "pred_probs row; out-of-sample when the job ran with cross_validation.folds)"
+    )
+    pred_probs_oos: list[float] | None = Field(
+        None,
+        description="with cross_validation.folds: the item's out-of-sample probabilities over all classes (dataset "
+        "order) from a linear probe that never saw it; null otherwise",
+    )
