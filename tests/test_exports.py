@@ -1,9 +1,10 @@
 """Label exports on a real PostgreSQL: a finished job's stored results read back through
 `GET /v1/jobs/{id}/labels?format=...` in Label Studio's, Argilla's, FiftyOne's and cleanlab's shapes.
 
-None of those tools is installed here, so each shape is checked by hand against its documented
-format: Label Studio's prediction import, Argilla 2.x records with suggestions, FiftyOne's
-FiftyOneImageClassificationDataset labels.json, cleanlab's pred_probs (N x K in class order)."""
+Each shape is checked here against its documented format: Label Studio's prediction import, Argilla
+2.x records with suggestions, FiftyOne's FiftyOneImageClassificationDataset labels.json, cleanlab's
+pred_probs (N x K in class order); tests/test_argilla.py, test_fiftyone.py and test_cleanlab.py
+check them with the tools' own parsers."""
 
 from __future__ import annotations
 
@@ -158,11 +159,9 @@ def test_argilla_records_carry_a_single_label_and_a_multi_label_suggestion(api):
         "outside_mass": 0.05,
         "label_quality": 0.55,
     }
-    single, multi = y["suggestions"]
-    assert single == {"question_name": "label", "value": "dress", "score": 0.55, "agent": "candor-7", "type": "model"}
+    assert y["suggestions"]["label"] == {"value": "dress", "score": 0.55, "agent": "candor-7", "type": "model"}
     # the posterior over the candidates, most probable first; value and score line up one to one
-    assert multi == {
-        "question_name": "candidates",
+    assert y["suggestions"]["candidates"] == {
         "value": ["dress", "shirt"],
         "score": [0.55, 0.45],
         "agent": "candor-7",

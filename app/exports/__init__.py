@@ -39,12 +39,15 @@ AGENT = "candor"
 @dataclass(frozen=True)
 class ExportMeta:
     """What the rows alone do not say: the dataset's classes (in order), the classifier's version
-    (None when the job trained none) and the Label Studio control and object names."""
+    (None when the job trained none), the Label Studio control and object names and the Argilla
+    question names of the single-label and the multi-label suggestion."""
 
     classes: tuple[str, ...] = ()
     model_version: str | None = None
     from_name: str = "choice"
     to_name: str = "image"
+    argilla_label: str = "label"
+    argilla_candidates: str = "candidates"
 
 
 def _dump(value) -> str:
@@ -133,13 +136,16 @@ def labelstudio(rows: Iterable[dict], meta: ExportMeta) -> Iterator[bytes]:
 
 
 def argilla_record(row: dict, meta: ExportMeta) -> dict:
-    """An Argilla 2.x record (id, metadata, suggestions) that adds Candor's suggestions to the
-    record of the same id: `label` (single label, scored by the confidence) and `candidates` (multi
-    label: the candidates, most probable first, each with its posterior)."""
+    """An Argilla 2.x record in the SDK's JSON shape (``Record.to_dict()``, what
+    ``dataset.records.to_json`` writes and ``Record.from_dict`` reads) that adds Candor's suggestions
+    to the record of the same id: ``label`` (single label, scored by the confidence) and
+    ``candidates`` (multi label: the candidates, most probable first, each with its posterior).
+    ``fields`` is empty: logged with ``dataset.records.log``, the suggestions update the records."""
     agent = f"{AGENT}-{meta.model_version}" if meta.model_version else AGENT
     ranked = sorted(row["posterior"].items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "id": row["id"],
+        "fields": {},
         "metadata": {
             "ambiguous": row["ambiguous"],
             "candidates_suspect": row["candidates_suspect"],
@@ -147,22 +153,17 @@ def argilla_record(row: dict, meta: ExportMeta) -> dict:
             "outside_mass": row["outside_mass"],
             "label_quality": row["label_quality"],
         },
-        "suggestions": [
-            {
-                "question_name": "label",
-                "value": row["label"],
-                "score": row["confidence"],
-                "agent": agent,
-                "type": "model",
-            },
-            {
-                "question_name": "candidates",
+        "suggestions": {
+            meta.argilla_label: {"value": row["label"], "score": row["confidence"], "agent": agent, "type": "model"},
+            meta.argilla_candidates: {
                 "value": [c for c, _ in ranked],
                 "score": [p for _, p in ranked],
                 "agent": agent,
                 "type": "model",
             },
-        ],
+        },
+        "responses": {},
+        "vectors": {},
     }
 
 

@@ -51,9 +51,8 @@ LABELSTUDIO = {
 
 SUGGESTION = {
     "type": "object",
-    "required": ["question_name", "value", "score", "agent", "type"],
+    "required": ["value", "score", "agent", "type"],
     "properties": {
-        "question_name": STRING,
         "value": {"anyOf": [STRING, {"type": "array", "items": STRING}]},
         "score": {"anyOf": [NUMBER, {"type": "array", "items": NUMBER}]},
         "agent": STRING,
@@ -62,12 +61,20 @@ SUGGESTION = {
 }
 ARGILLA = {
     "title": "ArgillaRecords",
-    "description": "`format=argilla`: Argilla 2.x records with the suggestions `label` and `candidates`",
+    "description": "`format=argilla`: Argilla 2.x records in the SDK's JSON shape (`Record.to_dict`), suggestions "
+    "keyed by question name: `label` (single label) and `candidates` (multi label)",
     "type": "array",
     "items": {
         "type": "object",
-        "required": ["id", "metadata", "suggestions"],
-        "properties": {"id": STRING, "metadata": FLAGS, "suggestions": {"type": "array", "items": SUGGESTION}},
+        "required": ["id", "fields", "metadata", "suggestions", "responses", "vectors"],
+        "properties": {
+            "id": STRING,
+            "fields": {"type": "object"},
+            "metadata": FLAGS,
+            "suggestions": {"type": "object", "additionalProperties": SUGGESTION},
+            "responses": {"type": "object"},
+            "vectors": {"type": "object"},
+        },
     },
 }
 
