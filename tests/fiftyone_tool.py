@@ -1,13 +1,16 @@
 """Runs inside build/fiftyone-venv (FiftyOne's own environment): reads one JSON command on stdin,
 does it with FiftyOne's own exporters and importers, prints one JSON answer line.
 
-- {"op": "export", "type": "tree" | "labels", "dir": OUT, "samples": [{"path", "labels": [...]}]}:
-  a dataset of those images, one Classification per sample (tree: one sample per image and label,
-  so an image with several labels lands in several class folders) or Classifications (labels),
-  written with FiftyOne's ImageClassificationDirectoryTree / FiftyOneImageClassificationDataset
-  exporter.
+The dataset importers and exporters are driven directly (``with importer: for sample in
+importer``, ``exporter.export_sample``), as ``Dataset.from_dir`` and ``Dataset.export`` drive them,
+but without a ``fo.Dataset``: that needs FiftyOne's MongoDB, whose binary fiftyone-db downloads
+from outside the package index at install time.
+
+- {"op": "export", "type": "tree" | "labels", "dir": OUT, "samples": [...]}: ImageClassificationDirectoryTree
+  (one sample per image copy and label: an image with several labels lands in several class
+  folders) or FiftyOneImageClassificationDataset (Classifications: a list per image).
 - {"op": "import", "dir": DIR}: DIR read with FiftyOne's FiftyOneImageClassificationDataset
-  importer; every sample's file name and label fields.
+  importer; every sample's file name, label, confidence and attributes.
 """
 
 from __future__ import annotations
@@ -17,47 +20,43 @@ import os
 import sys
 
 import fiftyone as fo
+import fiftyone.utils.data as foud
+
+ATTRIBUTES = ("ambiguous", "candidates_suspect", "margin", "outside_mass", "label_quality")
 
 
 def export(cmd: dict) -> dict:
-    dataset = fo.Dataset()
-    samples = []
+    n = 0
     if cmd["type"] == "tree":
-        for s in cmd["samples"]:
-            for n, label in enumerate(s["labels"]):
-                # a copy per label: FiftyOne keeps one label per sample in this layout
-                path = s["copies"][n]
-                samples.append(fo.Sample(filepath=path, ground_truth=fo.Classification(label=label)))
-        dataset_type = fo.types.ImageClassificationDirectoryTree
+        exporter = foud.ImageClassificationDirectoryTreeExporter(cmd["dir"])
+        with exporter:
+            for s in cmd["samples"]:
+                for copy, label in zip(s["copies"], s["labels"], strict=True):
+                    exporter.export_sample(copy, fo.Classification(label=label))
+                    n += 1
     else:
-        for s in cmd["samples"]:
-            labels = [fo.Classification(label=lab) for lab in s["labels"]]
-            field = fo.Classifications(classifications=labels) if len(labels) > 1 else labels[0]
-            samples.append(fo.Sample(filepath=s["path"], ground_truth=field))
-        dataset_type = fo.types.FiftyOneImageClassificationDataset
-    dataset.add_samples(samples)
-    dataset.export(export_dir=cmd["dir"], dataset_type=dataset_type, label_field="ground_truth")
-    dataset.delete()
-    return {"exported": len(samples)}
+        exporter = foud.FiftyOneImageClassificationDatasetExporter(cmd["dir"], classes=cmd.get("classes"))
+        with exporter:
+            for s in cmd["samples"]:
+                labels = [fo.Classification(label=lab) for lab in s["labels"]]
+                field = fo.Classifications(classifications=labels) if len(labels) > 1 else labels[0]
+                exporter.export_sample(s["path"], field)
+                n += 1
+    return {"exported": n}
 
 
 def load(cmd: dict) -> dict:
-    dataset = fo.Dataset.from_dir(dataset_dir=cmd["dir"], dataset_type=fo.types.FiftyOneImageClassificationDataset)
+    importer = foud.FiftyOneImageClassificationDatasetImporter(cmd["dir"])
     out = {}
-    for sample in dataset:
-        gt = sample["ground_truth"]
-        out[os.path.basename(sample.filepath)] = {
-            "label": gt.label,
-            "confidence": gt.confidence,
-            "attributes": {
-                k: gt[k]
-                for k in ("ambiguous", "candidates_suspect", "margin", "outside_mass", "label_quality")
-                if gt.has_field(k)
-            },
-        }
-    classes = dataset.default_classes or dataset.classes.get("ground_truth")
-    dataset.delete()
-    return {"samples": out, "classes": classes}
+    with importer:
+        info = importer.get_dataset_info()
+        for image_path, _metadata, label in importer:
+            out[os.path.basename(image_path)] = {
+                "label": label.label,
+                "confidence": label.confidence,
+                "attributes": {k: label[k] for k in ATTRIBUTES if label.has_field(k)},
+            }
+    return {"samples": out, "classes": info.get("classes")}
 
 
 def main() -> None:

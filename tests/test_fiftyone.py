@@ -1,5 +1,6 @@
 """FiftyOne in and out, through the API on a real PostgreSQL, checked with FiftyOne 1.22.1 itself
-(its own venv under build/, driven by subprocess: its pins clash with Candor's).
+(its own venv under build/, driven by subprocess: its pins clash with Candor's). FiftyOne's
+importers and exporters run without a fo.Dataset (see tests/fiftyone_tool.py), so no MongoDB.
 
 In: datasets written by FiftyOne's ImageClassificationDirectoryTree and
 FiftyOneImageClassificationDataset exporters are imported with `format=fiftyone-tree` /
@@ -113,9 +114,12 @@ def test_labels_json_written_by_fiftyone_imports_lists_as_candidate_sets(api, fo
         p.write_bytes(png_bytes(n + 1))
         samples.append({"path": str(p), "labels": labels})
     out = tmp_path / "fo"
-    run_fiftyone(fo_python, fo_home, {"op": "export", "type": "labels", "dir": str(out), "samples": samples})
+    command = {"op": "export", "type": "labels", "dir": str(out), "samples": samples, "classes": CLASSES}
+    run_fiftyone(fo_python, fo_home, command)
     written = json.loads((out / "labels.json").read_text())
-    assert isinstance(written["labels"]["a"], list) and not isinstance(written["labels"]["b"], list)
+    # FiftyOne writes class indices into its classes list; a list per image with several labels
+    assert written["classes"] == CLASSES
+    assert written["labels"]["a"] == [0, 1] and written["labels"]["b"] == 2
 
     _, key = finished_job(api)
     ds = new_dataset(api, key)

@@ -74,7 +74,8 @@ def stop_mongod(db_dir: Path, grace: float = 10.0) -> None:
 
 def run_fiftyone(python: Path, home: Path, command: dict) -> dict:
     """Run tests/fiftyone_tool.py with ``command`` in the FiftyOne environment; its JSON answer.
-    FiftyOne's database lives under ``home`` and its server is stopped afterwards."""
+    The tool opens no fo.Dataset, so FiftyOne starts no MongoDB; should a change make it start one,
+    its database lives under ``home`` and the server is stopped afterwards all the same."""
     home.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
