@@ -33,8 +33,12 @@ class JobProgress(BaseModel):
     stage: JobState | None = Field(
         None, description="what the job is doing: the state it is in ('featurizing': images done of total)"
     )
-    done: int | None = Field(None, description="featurizing: images with features so far")
-    total: int | None = Field(None, description="featurizing: images of the job")
+    done: int | None = Field(
+        None, description="featurizing: images with features so far; cross-validation (training, no epoch): folds done"
+    )
+    total: int | None = Field(
+        None, description="featurizing: images of the job; cross-validation (training, no epoch): folds"
+    )
     epoch: int | None = Field(None, description="training: epochs finished")
     epochs: int | None = Field(None, description="training: epochs to run")
     last_loss: float | None = Field(None, description="training: the loss of the last step")
