@@ -185,3 +185,10 @@ def test_bad_fiftyone_archives_answer_422_naming_the_file_or_item(api, fmt, file
     assert r.headers["content-type"].startswith("application/problem+json")
     assert named in r.json()["detail"]
     assert items(api, key, ds) == {}
+
+
+def test_the_route_and_the_client_know_the_same_import_formats():
+    from app.imports import READERS
+    from candor.formats import IMPORT_FORMATS
+
+    assert set(IMPORT_FORMATS) == set(READERS)
