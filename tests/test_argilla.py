@@ -170,3 +170,24 @@ def test_bad_argilla_exports_answer_422_naming_the_record(api, files, named):  #
     assert r.status_code == 422, r.text
     assert named in r.json()["detail"]
     assert api.get(f"/v1/datasets/{ds}/items", headers=key).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        "[1]",
+        '[{"id": "a", "responses": [1, 2]}]',
+        '[{"id": "a", "responses": {"label": [{"value": "coat", "user_id": "u"}]}, "fields": []}]',
+        '[{"id": "a", "responses": {"label": {"value": "coat"}}}]',
+        '[{"id": 7, "responses": {"label": [{"value": ["coat", 3], "user_id": "u"}]}, "fields": {"image": "a.png"}}]',
+        '[{"id": "a", "responses": {"label": [{"value": "coat", "user_id": "u"}]}, "fields": {"image": 5}}]',
+    ],
+)
+def test_odd_argilla_records_answer_422_never_500(api, records):  # noqa: F811
+    _, key = finished_job(api)
+    ds = api.post("/v1/datasets", json={"name": "odd", "classes": CLASSES}, headers=key).json()["id"]
+    headers = key | {"Content-Type": "application/zip"}
+    body = _zip({"records.json": records, "a.png": png_bytes(1), ".argilla/settings.json": '{"fields": 3}'})
+    r = api.post(f"/v1/datasets/{ds}/imports?format=argilla", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] and "Traceback" not in r.text and "{'" not in r.text

@@ -192,3 +192,23 @@ def test_the_route_and_the_client_know_the_same_import_formats():
     from candor.formats import IMPORT_FORMATS
 
     assert set(IMPORT_FORMATS) == set(READERS)
+
+
+@pytest.mark.parametrize(
+    "labels_json",
+    [
+        b'{"classes": "x", "labels": {}}',
+        b'{"labels": {"q": [[1]]}}',
+        b'{"labels": {"q": 1.5}}',
+        b'{"labels": {"q": {"label": true}}}',
+        b'{"labels": {"q": []}}',
+        b'{"labels": []}',
+        b"[]",
+    ],
+)
+def test_odd_labels_json_answers_422_never_500(api, labels_json):  # noqa: F811
+    _, key = finished_job(api)
+    ds = new_dataset(api, key)
+    r = post_zip(api, key, ds, _zip({"labels.json": labels_json, "data/q.png": png_bytes(1)}), "fiftyone")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] and "{'" not in r.text

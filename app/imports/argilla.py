@@ -50,7 +50,8 @@ def _settings(zf: zipfile.ZipFile, paths: dict[str, str]) -> tuple[list[str], li
 
     def named(kind: str, types: tuple[str, ...]) -> list[str]:
         out = []
-        for entry in doc.get(kind) or []:
+        entries = doc.get(kind)
+        for entry in entries if isinstance(entries, list) else []:
             settings = entry.get("settings") if isinstance(entry, dict) else None
             if isinstance(settings, dict) and settings.get("type") in types and isinstance(entry.get("name"), str):
                 out.append(entry["name"])
@@ -73,12 +74,17 @@ def _is_image_value(value: object, paths: dict[str, str]) -> bool:
     return isinstance(value, str) and (value.startswith("data:image/") or value.lstrip("./") in paths)
 
 
+def _responses(rec: object) -> dict:
+    answers = rec.get("responses") if isinstance(rec, dict) else None
+    return answers if isinstance(answers, dict) else {}
+
+
 def _question(records: list, questions: list[str]) -> str:
     if questions:
         return questions[0]
     asked = []
     for rec in records:
-        for name in (rec.get("responses") or {}) if isinstance(rec, dict) else ():
+        for name in _responses(rec):
             if name not in asked:
                 asked.append(name)
     if len(asked) == 1:
@@ -110,7 +116,9 @@ def read_records(zf: zipfile.ZipFile, classes: Sequence[str]) -> list[Incoming]:
             raise _rejected(f"{RECORDS}: record {n} is {show(rec)}, not an object")
         rid = rec.get("id")
         label = f"{RECORDS}: record {n}" + (f" (id {show(rid)})" if isinstance(rid, str) else "")
-        responses = (rec.get("responses") or {}).get(question) or []
+        if rec.get("responses") is not None and not isinstance(rec.get("responses"), dict):
+            raise _rejected(f"{label}: 'responses' must be an object {{question: [responses]}}")
+        responses = _responses(rec).get(question) or []
         if not isinstance(responses, list):
             raise _rejected(f"{label}: responses to {show(question)} must be a list")
         votes, candidates = [], []

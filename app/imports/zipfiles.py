@@ -23,7 +23,7 @@ def files(zf: zipfile.ZipFile) -> list[str]:
         if name.endswith("/"):
             continue
         parts = PurePosixPath(name).parts
-        if parts[0] in SKIPPED or any(p.startswith(".") for p in parts):
+        if not parts or parts[0] in SKIPPED or any(p.startswith(".") for p in parts):
             continue
         out.append(name)
     return out
