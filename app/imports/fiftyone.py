@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from app.core.problems import Problem
+from app.core.settings import get_settings
 from app.datasets.service import ZIP_ERRORS, Incoming, zip_damage
 from app.imports.zipfiles import files, read_json, reader_of, strip_root
 from app.ml.text import show
@@ -33,11 +34,18 @@ HASH_CHUNK = 1 << 20
 
 
 def _sha(zf: zipfile.ZipFile, name: str) -> str:
+    """The member's content hash, read at most one byte past the image limit (a larger member is
+    rejected by ingest anyway; a compressed bomb is never inflated whole)."""
     digest = hashlib.sha256()
+    left = get_settings().max_image_bytes + 1
     try:
         with zf.open(name) as fh:
-            for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
+            while left > 0:
+                chunk = fh.read(min(HASH_CHUNK, left))
+                if not chunk:
+                    break
                 digest.update(chunk)
+                left -= len(chunk)
     except ZIP_ERRORS as exc:
         raise Problem(
             422, "Upload rejected", f"ZIP member {show(name, 200)} cannot be read: {zip_damage(exc)}"
