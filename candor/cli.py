@@ -24,9 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from candor import sources
+from candor import sources, tools
 from candor.client import Client
 from candor.errors import CandorError, JobFailed, WaitTimeout
+from candor.formats import IMPORT_FORMATS
 from candor.formats import LABEL_FORMATS as FORMATS
 from candor.models import Job, JobSummary
 
@@ -88,7 +89,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 def _label_format(args: argparse.Namespace) -> str:
     if args.format:
         return args.format
-    return "csv" if Path(args.out).suffix.lower() == ".csv" else "jsonl"
+    suffix = Path(args.out).suffix.lower()
+    return {".csv": "csv", ".npz": "pred_probs_npz"}.get(suffix, "jsonl")
 
 
 def _flag_counts(path: Path, fmt: str) -> tuple[int, int, int]:
@@ -132,10 +134,13 @@ def _job_line(job: JobSummary) -> str:
 # ---- commands ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     source = Path(args.source)
+    tool = args.import_format
     if args.dataset:
         classes = []
     elif args.classes:
         classes = read_classes(Path(args.classes))
+    elif tool != "candor":
+        classes = tools.import_classes(source, tool)
     elif source.is_dir() and not (source / "manifest.jsonl").is_file():
         classes = sources.image_folder_classes(source)
     else:
@@ -155,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ds = client.create_dataset(name, classes)
             print(f"dataset {ds.id} ({name}, {len(classes)} classes) on {client.base_url}", file=sys.stderr)
         try:
-            up = client.upload(ds, source, batch_size=args.batch_size)
+            up = client.upload(ds, source, batch_size=args.batch_size, format=tool)
         except CandorError:
             _err(f"the upload stopped; after fixing it, run again with --dataset {ds.id} to add to this dataset")
             raise
@@ -310,7 +315,17 @@ def add_remote_parser(sub: Any) -> None:
 
     r = command("run", cmd_run, "upload a folder, manifest or ZIP, run a job, wait, write the labels")
     r.add_argument("source", help="folder (CLASS/ID.png, or images + manifest.jsonl), manifest.jsonl or ZIP")
-    r.add_argument("--classes", help="classes file (one a line, or JSON {classes: [...]}); default: the class folders")
+    r.add_argument(
+        "--classes",
+        help="classes file (one a line, or JSON {classes: [...]}); default: the class folders, or what the "
+        "--import-format export names",
+    )
+    r.add_argument(
+        "--import-format",
+        choices=tuple(IMPORT_FORMATS),
+        default="candor",
+        help="SOURCE's layout: candor (default), fiftyone-tree, fiftyone or argilla (a tool's export folder or ZIP)",
+    )
     r.add_argument("--out", required=True, help="labels file to write (.csv or .jsonl)")
     r.add_argument("--format", choices=("jsonl", "csv"), help="labels format (default: from --out's suffix)")
     r.add_argument("--name", help="dataset name (default: the source's name)")
@@ -348,7 +363,8 @@ def add_remote_parser(sub: Any) -> None:
     lb.add_argument(
         "--format",
         choices=tuple(FORMATS),
-        help="default: from --out's suffix (csv, else jsonl); labelstudio, argilla, fiftyone, pred_probs: JSON",
+        help="default: from --out's suffix (csv, npz, else jsonl); labelstudio, argilla, fiftyone, pred_probs: "
+        "JSON; pred_probs_npz: NumPy arrays",
     )
     lb.add_argument("--from-name", help="--format labelstudio: the <Choices> name (default: choice)")
     lb.add_argument("--to-name", help="--format labelstudio: the <Image> name (default: image)")

@@ -27,7 +27,7 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from candor import errors, sources
+from candor import errors, sources, tools
 from candor.formats import LABEL_FORMATS as FORMATS
 from candor.models import (
     TERMINAL_STATES,
@@ -280,8 +280,13 @@ class Client:
         batch_size: int = 100,
         batch_bytes: int = 32 << 20,
         progress: bool | None = None,
+        format: str = "candor",
     ) -> UploadResult:
         """Upload a folder, a manifest.jsonl, a ZIP or an iterable of ``{id, image, candidates}``.
+
+        ``format`` names the layout of a ZIP or folder (:data:`candor.formats.IMPORT_FORMATS`):
+        'candor' (the default), or a labelling tool's export as it is: 'fiftyone-tree',
+        'fiftyone', 'argilla'. A folder in a tool's layout is zipped and sent to the import route.
 
         Items go in batches of at most ``batch_size`` items and about ``batch_bytes`` bytes of
         images (a ZIP goes whole, to the import route). Each batch is all-or-nothing: a rejected one
@@ -289,6 +294,18 @@ class Client:
         the whole upload, and whose ``uploaded`` is the result of the batches before it: those are
         stored, and running the upload again after the fix replays them."""
         show = self.progress if progress is None else progress
+        tools.check_format(format)
+        if format != "candor":
+            if not isinstance(source, str | os.PathLike):
+                raise ValueError(f"format {format} reads a folder or a ZIP file, not an iterable")
+            path = Path(source)
+            if path.is_dir():
+                zipped = tools.zip_folder(path)
+                try:
+                    return self._upload_zip(_id(dataset), zipped, show, format)
+                finally:
+                    zipped.unlink(missing_ok=True)
+            return self._upload_zip(_id(dataset), path, show, format)
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if path.is_file() and zipfile.is_zipfile(path):
@@ -345,13 +362,14 @@ class Client:
         result.batches += 1
         result.replayed_batches += int(replayed)
 
-    def _upload_zip(self, dataset_id: str, path: Path, show: bool) -> UploadResult:
+    def _upload_zip(self, dataset_id: str, path: Path, show: bool, format: str = "candor") -> UploadResult:
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         size = path.stat().st_size
-        key = "candor-zip-" + hashlib.sha256(f"{dataset_id}\0{digest.hexdigest()}".encode()).hexdigest()[:48]
+        salt = "" if format == "candor" else f"{format}\0"
+        key = "candor-zip-" + hashlib.sha256(f"{dataset_id}\0{salt}{digest.hexdigest()}".encode()).hexdigest()[:48]
         with _progress_bar(show, total=size, unit="B", unit_scale=True, desc="upload") as bar:
 
             def chunks() -> Iterator[bytes]:
@@ -363,7 +381,12 @@ class Client:
 
             headers = {"Content-Type": "application/zip", "Idempotency-Key": key, "Content-Length": str(size)}
             response = self._send(
-                "POST", f"/v1/datasets/{dataset_id}/imports", content=chunks, headers=headers, timeout=None
+                "POST",
+                f"/v1/datasets/{dataset_id}/imports",
+                content=chunks,
+                headers=headers,
+                params={} if format == "candor" else {"format": format},
+                timeout=None,
             )
         result = UploadResult()
         self._add_batch(result, response, 0)
@@ -459,8 +482,10 @@ class Client:
         """Write a finished job's labels to ``path`` (the file appears whole or not at all) in one of
         the formats of :data:`candor.formats.LABEL_FORMATS`: 'jsonl', 'csv', 'labelstudio' (Label Studio
         predictions; ``from_name``/``to_name`` name the label config's <Choices> and <Image>),
-        'argilla' (Argilla 2.x records), 'fiftyone' (labels.json) or 'pred_probs' (cleanlab's
-        in-sample N x K probabilities). Returns the path."""
+        'argilla' (Argilla 2.x records), 'fiftyone' (labels.json), 'pred_probs' (cleanlab's N x K
+        probabilities, out-of-sample when the job ran with cross_validation.folds) or
+        'pred_probs_npz' (the same as NumPy arrays: ``np.load(path, allow_pickle=False)``).
+        Returns the path."""
         if format not in FORMATS:
             raise ValueError(f"unknown labels format {format}; one of {', '.join(FORMATS)}")
         names = {k: v for k, v in (("from_name", from_name), ("to_name", to_name)) if v is not None}

@@ -201,6 +201,8 @@ class LabelRow(Model):
     prior_label: str | None = None
     annotations: list[Annotation] = []
     agreed: list[str] = []
+    label_quality: float | None = None
+    pred_probs_oos: list[float] | None = None
 
 
 # ---- classifiers ---------------------------------------------------------------------------------

@@ -101,14 +101,22 @@ def test_every_error_answer_is_a_problem_and_the_generic_ones_are_declared(spec)
 def test_bodies_media_types_and_models_are_named_and_typed(spec):
     paths, schemas = spec["paths"], spec["components"]["schemas"]
     labels = paths["/v1/jobs/{job_id}/labels"]["get"]["responses"]["200"]["content"]
-    assert set(labels) == {"application/x-ndjson", "text/csv", "application/json"}
+    assert set(labels) == {"application/x-ndjson", "text/csv", "application/json", "application/zip"}
     assert labels["application/x-ndjson"] == {"schema": ref("LabelRow")}
+    assert labels["application/zip"] == {"schema": {"type": "string", "format": "binary"}}  # pred_probs_npz
     assert labels["text/csv"] == {"schema": {"type": "string"}}
     json_formats = [s["title"] for s in labels["application/json"]["schema"]["anyOf"]]
     assert json_formats == ["LabelStudioPredictions", "ArgillaRecords", "FiftyOneLabels", "PredProbs"]
-    assert {"id", "label", "confidence", "posterior", "margin", "ambiguous", "candidates_suspect"} <= set(
-        schemas["LabelRow"]["properties"]
-    )
+    assert {
+        "id",
+        "label",
+        "confidence",
+        "posterior",
+        "margin",
+        "ambiguous",
+        "candidates_suspect",
+        "label_quality",
+    } <= set(schemas["LabelRow"]["properties"])
     imports = paths["/v1/datasets/{dataset_id}/imports"]["post"]["requestBody"]
     assert imports["required"] is True and set(imports["content"]) == {"application/zip", "application/octet-stream"}
     predict = paths["/v1/classifiers/{classifier_id}/predict"]["post"]

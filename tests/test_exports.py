@@ -1,9 +1,10 @@
 """Label exports on a real PostgreSQL: a finished job's stored results read back through
 `GET /v1/jobs/{id}/labels?format=...` in Label Studio's, Argilla's, FiftyOne's and cleanlab's shapes.
 
-None of those tools is installed here, so each shape is checked by hand against its documented
-format: Label Studio's prediction import, Argilla 2.x records with suggestions, FiftyOne's
-FiftyOneImageClassificationDataset labels.json, cleanlab's pred_probs (N x K in class order)."""
+Each shape is checked here against its documented format: Label Studio's prediction import, Argilla
+2.x records with suggestions, FiftyOne's FiftyOneImageClassificationDataset labels.json, cleanlab's
+pred_probs (N x K in class order); tests/test_argilla.py, test_fiftyone.py and test_cleanlab.py
+check them with the tools' own parsers."""
 
 from __future__ import annotations
 
@@ -151,12 +152,16 @@ def test_argilla_records_carry_a_single_label_and_a_multi_label_suggestion(api):
     records = labels(api, key, job_id, format="argilla")
     assert [r["id"] for r in records] == ["x", "y", "z"]
     y = records[1]
-    assert y["metadata"] == {"ambiguous": True, "candidates_suspect": False, "margin": 0.1, "outside_mass": 0.05}
-    single, multi = y["suggestions"]
-    assert single == {"question_name": "label", "value": "dress", "score": 0.55, "agent": "candor-7", "type": "model"}
+    assert y["metadata"] == {
+        "ambiguous": True,
+        "candidates_suspect": False,
+        "margin": 0.1,
+        "outside_mass": 0.05,
+        "label_quality": 0.55,
+    }
+    assert y["suggestions"]["label"] == {"value": "dress", "score": 0.55, "agent": "candor-7", "type": "model"}
     # the posterior over the candidates, most probable first; value and score line up one to one
-    assert multi == {
-        "question_name": "candidates",
+    assert y["suggestions"]["candidates"] == {
         "value": ["dress", "shirt"],
         "score": [0.55, 0.45],
         "agent": "candor-7",
@@ -178,7 +183,13 @@ def test_fiftyone_labels_json_indexes_the_classes_and_carries_the_flags(api):
     assert doc["labels"]["z"] == {
         "label": 1,
         "confidence": 1.0,
-        "attributes": {"ambiguous": False, "candidates_suspect": True, "margin": 1.0, "outside_mass": 0.3},
+        "attributes": {
+            "ambiguous": False,
+            "candidates_suspect": True,
+            "margin": 1.0,
+            "outside_mass": 0.3,
+            "label_quality": 1.0,
+        },
     }
 
 
@@ -189,6 +200,7 @@ def test_pred_probs_are_n_by_k_in_class_order_with_ids_and_label_quality(api):
     assert doc["pred_probs"] == [[0.8, 0.2, 0.0], [0.0, 0.45, 0.55], [0.0, 1.0, 0.0]]
     assert all(abs(sum(row) - 1) < 1e-9 for row in doc["pred_probs"])
     assert doc["label_quality"] == [0.8, 0.55, 1.0]
+    assert doc["labels"] == [0, 2, 1] and doc["out_of_sample"] is False
     # the filters and the order apply to every column alike
     review = labels(api, key, job_id, format="pred_probs", order="review")
     assert review["ids"] == ["y", "z", "x"]
@@ -213,7 +225,8 @@ def test_jsonl_and_csv_still_come_from_the_same_rows(api):
     r = api.get(f"/v1/jobs/{job_id}/labels?format=csv", headers=key)
     assert r.headers["content-type"].startswith("text/csv")
     assert r.text.splitlines()[0] == (
-        "id,label,confidence,margin,outside_mass,ambiguous,candidates_suspect,prior_label,posterior,annotations,agreed"
+        "id,label,confidence,margin,outside_mass,ambiguous,candidates_suspect,prior_label,label_quality,posterior,"
+        "annotations,agreed"
     )
 
 
@@ -239,16 +252,18 @@ def test_pred_probs_streams_a_piece_per_row_and_reads_the_rows_once_per_column()
 
     def rows():
         calls.append(1)
-        return iter([{"id": "a", "posterior": {"b": 1.0}, "confidence": 1.0}])
+        return iter([{"id": "a", "label": "b", "posterior": {"b": 1.0}, "confidence": 1.0, "label_quality": 1.0}])
 
     meta = exports.ExportMeta(classes=("a", "b"))
     chunks = list(exports.export("pred_probs", rows, meta))
-    assert len(calls) == 3 and len(chunks) > 3
+    assert len(calls) == 4 and len(chunks) > 4
     assert json.loads(b"".join(chunks)) == {
         "classes": ["a", "b"],
         "ids": ["a"],
+        "labels": [1],
         "pred_probs": [[0.0, 1.0]],
         "label_quality": [1.0],
+        "out_of_sample": False,
     }
 
 

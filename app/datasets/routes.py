@@ -26,6 +26,7 @@ from app.datasets.schemas import (
     ItemPage,
     ItemsBatch,
 )
+from app.imports import FORMATS_DOC as IMPORT_FORMATS_DOC
 from app.imports import ImportFormat, reader
 from app.jobs import repository as jobs_repo
 from app.jobs.leases import LIVE
@@ -136,7 +137,7 @@ async def import_zip(
     session: SessionDep,
     tenant: TenantDep,
     key: IdemKey = None,
-    format: Annotated[ImportFormat, Query(description="the ZIP's layout")] = ImportFormat.candor,
+    format: Annotated[ImportFormat, Query(description=IMPORT_FORMATS_DOC)] = ImportFormat.candor,
 ):
     """Import a ZIP sent as the request body (`Content-Type: application/zip` or
     `application/octet-stream`): `manifest.jsonl`

@@ -15,16 +15,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from app.ml.quality import row_quality
 from candor.formats import LABEL_FORMATS
 
 Rows = Callable[[], Iterable[dict]]
 
 FORMATS = LABEL_FORMATS  # format -> (media type, file suffix)
 FLAGS = ("ambiguous", "candidates_suspect")
-SCALARS = ("label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label")
+SCALARS = (
+    "label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label", "label_quality"
+)  # fmt: skip
 CSV_FIELDS = ("id", *SCALARS)
 AGENT = "candor"
 
@@ -32,12 +39,15 @@ AGENT = "candor"
 @dataclass(frozen=True)
 class ExportMeta:
     """What the rows alone do not say: the dataset's classes (in order), the classifier's version
-    (None when the job trained none) and the Label Studio control and object names."""
+    (None when the job trained none), the Label Studio control and object names and the Argilla
+    question names of the single-label and the multi-label suggestion."""
 
     classes: tuple[str, ...] = ()
     model_version: str | None = None
     from_name: str = "choice"
     to_name: str = "image"
+    argilla_label: str = "label"
+    argilla_candidates: str = "candidates"
 
 
 def _dump(value) -> str:
@@ -126,35 +136,34 @@ def labelstudio(rows: Iterable[dict], meta: ExportMeta) -> Iterator[bytes]:
 
 
 def argilla_record(row: dict, meta: ExportMeta) -> dict:
-    """An Argilla 2.x record (id, metadata, suggestions) that adds Candor's suggestions to the
-    record of the same id: `label` (single label, scored by the confidence) and `candidates` (multi
-    label: the candidates, most probable first, each with its posterior)."""
+    """An Argilla 2.x record in the SDK's JSON shape (``Record.to_dict()``, what
+    ``dataset.records.to_json`` writes and ``Record.from_dict`` reads) that adds Candor's suggestions
+    to the record of the same id: ``label`` (single label, scored by the confidence) and
+    ``candidates`` (multi label: the candidates, most probable first, each with its posterior).
+    ``fields`` is empty: logged with ``dataset.records.log``, the suggestions update the records."""
     agent = f"{AGENT}-{meta.model_version}" if meta.model_version else AGENT
     ranked = sorted(row["posterior"].items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "id": row["id"],
+        "fields": {},
         "metadata": {
             "ambiguous": row["ambiguous"],
             "candidates_suspect": row["candidates_suspect"],
             "margin": row["margin"],
             "outside_mass": row["outside_mass"],
+            "label_quality": row["label_quality"],
         },
-        "suggestions": [
-            {
-                "question_name": "label",
-                "value": row["label"],
-                "score": row["confidence"],
-                "agent": agent,
-                "type": "model",
-            },
-            {
-                "question_name": "candidates",
+        "suggestions": {
+            meta.argilla_label: {"value": row["label"], "score": row["confidence"], "agent": agent, "type": "model"},
+            meta.argilla_candidates: {
                 "value": [c for c, _ in ranked],
                 "score": [p for _, p in ranked],
                 "agent": agent,
                 "type": "model",
             },
-        ],
+        },
+        "responses": {},
+        "vectors": {},
     }
 
 
@@ -174,6 +183,7 @@ def fiftyone_label(row: dict, meta: ExportMeta) -> dict:
             "candidates_suspect": row["candidates_suspect"],
             "margin": row["margin"],
             "outside_mass": row["outside_mass"],
+            "label_quality": row["label_quality"],
         },
     }
 
@@ -189,24 +199,77 @@ def fiftyone(rows: Iterable[dict], meta: ExportMeta) -> Iterator[bytes]:
 
 
 def pred_probs_row(row: dict, classes: tuple[str, ...]) -> list[float]:
-    """The item's posterior over every class in the dataset's order: the candidates' posterior,
-    zero outside the candidate set (the row sums to 1)."""
+    """The item's pred_probs row over every class in the dataset's order: the k-fold out-of-sample
+    probabilities when the job computed them, else the posterior over the candidates, zero outside
+    the candidate set (the row sums to 1)."""
+    oos = row.get("pred_probs_oos")
+    if oos is not None:
+        return list(oos)
     post = row["posterior"]
     return [post.get(c, 0.0) for c in classes]
 
 
+def with_quality(row: dict, classes: tuple[str, ...]) -> dict:
+    """The row with ``label_quality``: cleanlab's self-confidence of the chosen label in its
+    pred_probs row (app.ml.quality)."""
+    quality = row_quality(pred_probs_row(row, classes), classes.index(row["label"]))
+    return row | {"label_quality": round(quality, 6)}
+
+
 def pred_probs(rows: Rows, meta: ExportMeta) -> Iterator[bytes]:
-    """cleanlab's inputs as JSON: {"classes", "ids", "pred_probs": N x K, "label_quality": N}.
-    In-sample: the posteriors come from the classifier trained on these same items. label_quality
-    is the posterior of the chosen label (its confidence), the self-confidence of cleanlab's
-    `get_label_quality_scores` with the chosen label as the given one."""
+    """cleanlab's inputs as JSON: {"classes", "ids", "labels", "pred_probs": N x K, "label_quality": N,
+    "out_of_sample"}. ``labels`` are Candor's chosen labels as class indices (cleanlab's ``labels``);
+    ``out_of_sample`` says whether the rows come from the k-fold linear probe (true) or from the
+    classifier trained on these same items (false)."""
+    index = {c: k for k, c in enumerate(meta.classes)}
     yield b'{"classes":' + _dump(list(meta.classes)).encode() + b',"ids":'
     yield from _array(r["id"] for r in rows())
+    yield b',"labels":'
+    yield from _array(index[r["label"]] for r in rows())
     yield b',"pred_probs":'
-    yield from _array(pred_probs_row(r, meta.classes) for r in rows())
+    seen = {"oos": False}
+
+    def probs(r: dict) -> list[float]:
+        seen["oos"] = seen["oos"] or r.get("pred_probs_oos") is not None
+        return pred_probs_row(r, meta.classes)
+
+    yield from _array(probs(r) for r in rows())
     yield b',"label_quality":'
-    yield from _array(r["confidence"] for r in rows())
-    yield b"}"
+    yield from _array(r["label_quality"] for r in rows())
+    yield b',"out_of_sample":' + (b"true" if seen["oos"] else b"false") + b"}"
+
+
+def _npy(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple, rows: Iterable) -> None:
+    """One .npy member written row by row (no pickle: plain dtypes only)."""
+    with zf.open(name, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": dtype.str, "fortran_order": False, "shape": shape})
+        for value in rows:
+            f.write(np.asarray(value, dtype=dtype).tobytes())
+
+
+def pred_probs_npz(rows: Rows, meta: ExportMeta, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The pred_probs export as an ``.npz`` (a ZIP of ``.npy`` files, read with
+    ``np.load(path, allow_pickle=False)``): ``pred_probs`` (N x K float64), ``labels`` (N int64),
+    ``label_quality`` (N float64), ``ids`` and ``classes`` (unicode arrays), ``out_of_sample``
+    (a bool scalar). Written to a temporary file first, one row in memory at a time."""
+    n, width, oos = 0, 1, False
+    for r in rows():
+        n += 1
+        width = max(width, len(r["id"]))
+        oos = oos or r.get("pred_probs_oos") is not None
+    k = len(meta.classes)
+    index = {c: i for i, c in enumerate(meta.classes)}
+    cwidth = max([1, *(len(c) for c in meta.classes)])
+    with tempfile.TemporaryFile() as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            _npy(zf, "pred_probs.npy", np.dtype("<f8"), (n, k), (pred_probs_row(r, meta.classes) for r in rows()))
+            _npy(zf, "labels.npy", np.dtype("<i8"), (n,), (index[r["label"]] for r in rows()))
+            _npy(zf, "label_quality.npy", np.dtype("<f8"), (n,), (r["label_quality"] for r in rows()))
+            _npy(zf, "ids.npy", np.dtype(f"<U{width}"), (n,), (r["id"] for r in rows()))
+            _npy(zf, "classes.npy", np.dtype(f"<U{cwidth}"), (k,), meta.classes)
+            _npy(zf, "out_of_sample.npy", np.dtype("|b1"), (), [oos])
+        tmp.seek(0)
+        yield from iter(lambda: tmp.read(chunk), b"")
 
 
 def export(fmt: str, rows: Rows, meta: ExportMeta) -> Iterator[bytes]:
@@ -223,4 +286,6 @@ def export(fmt: str, rows: Rows, meta: ExportMeta) -> Iterator[bytes]:
         return fiftyone(rows(), meta)
     if fmt == "pred_probs":
         return pred_probs(rows, meta)
+    if fmt == "pred_probs_npz":
+        return pred_probs_npz(rows, meta)
     raise ValueError(f"unknown export format {fmt}; one of {', '.join(FORMATS)}")

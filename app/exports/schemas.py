@@ -7,7 +7,13 @@ STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 FLAGS = {
     "type": "object",
-    "properties": {"ambiguous": BOOLEAN, "candidates_suspect": BOOLEAN, "margin": NUMBER, "outside_mass": NUMBER},
+    "properties": {
+        "ambiguous": BOOLEAN,
+        "candidates_suspect": BOOLEAN,
+        "margin": NUMBER,
+        "outside_mass": NUMBER,
+        "label_quality": NUMBER,
+    },
 }
 
 LABELSTUDIO = {
@@ -45,9 +51,8 @@ LABELSTUDIO = {
 
 SUGGESTION = {
     "type": "object",
-    "required": ["question_name", "value", "score", "agent", "type"],
+    "required": ["value", "score", "agent", "type"],
     "properties": {
-        "question_name": STRING,
         "value": {"anyOf": [STRING, {"type": "array", "items": STRING}]},
         "score": {"anyOf": [NUMBER, {"type": "array", "items": NUMBER}]},
         "agent": STRING,
@@ -56,12 +61,20 @@ SUGGESTION = {
 }
 ARGILLA = {
     "title": "ArgillaRecords",
-    "description": "`format=argilla`: Argilla 2.x records with the suggestions `label` and `candidates`",
+    "description": "`format=argilla`: Argilla 2.x records in the SDK's JSON shape (`Record.to_dict`), suggestions "
+    "keyed by question name: `label` (single label) and `candidates` (multi label)",
     "type": "array",
     "items": {
         "type": "object",
-        "required": ["id", "metadata", "suggestions"],
-        "properties": {"id": STRING, "metadata": FLAGS, "suggestions": {"type": "array", "items": SUGGESTION}},
+        "required": ["id", "fields", "metadata", "suggestions", "responses", "vectors"],
+        "properties": {
+            "id": STRING,
+            "fields": {"type": "object"},
+            "metadata": FLAGS,
+            "suggestions": {"type": "object", "additionalProperties": SUGGESTION},
+            "responses": {"type": "object"},
+            "vectors": {"type": "object"},
+        },
     },
 }
 
@@ -85,14 +98,17 @@ FIFTYONE = {
 
 PRED_PROBS = {
     "title": "PredProbs",
-    "description": "`format=pred_probs`: cleanlab's N x K pred_probs (in-sample) with the item ids",
+    "description": "`format=pred_probs`: cleanlab's N x K pred_probs with the item ids and Candor's labels as class "
+    "indices; out_of_sample: from the k-fold linear probe (cross_validation.folds) rather than in-sample",
     "type": "object",
-    "required": ["classes", "ids", "pred_probs", "label_quality"],
+    "required": ["classes", "ids", "labels", "pred_probs", "label_quality", "out_of_sample"],
     "properties": {
         "classes": {"type": "array", "items": STRING},
         "ids": {"type": "array", "items": STRING},
+        "labels": {"type": "array", "items": {"type": "integer"}},
         "pred_probs": {"type": "array", "items": {"type": "array", "items": NUMBER}},
         "label_quality": {"type": "array", "items": NUMBER},
+        "out_of_sample": BOOLEAN,
     },
 }
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 
 from app.datasets.service import Incoming, incoming_from_zip
+from app.imports import argilla, fiftyone
 
 Reader = Callable[[zipfile.ZipFile, Sequence[str]], list[Incoming]]
 
@@ -27,6 +28,9 @@ def _candor(zf: zipfile.ZipFile, classes: Sequence[str]) -> list[Incoming]:
 # format -> reader; "candor" (manifest.jsonl, or an ImageFolder with a manifest) is the default.
 READERS: dict[str, Reader] = {
     "candor": _candor,
+    "fiftyone-tree": fiftyone.read_tree,
+    "fiftyone": fiftyone.read_labels_json,
+    "argilla": argilla.read_records,
 }
 
 ImportFormat = Enum("ImportFormat", {name: name for name in READERS}, type=str)
@@ -34,3 +38,15 @@ ImportFormat = Enum("ImportFormat", {name: name for name in READERS}, type=str)
 
 def reader(name: str) -> Reader:
     return READERS[name]
+
+
+FORMAT_DOCS = {
+    "candor": "`manifest.jsonl` + images (or an ImageFolder with a manifest)",
+    "fiftyone-tree": "FiftyOne's ImageClassificationDirectoryTree `CLASS/image.ext`; an image in several class "
+    "folders is one item with those classes as candidates",
+    "fiftyone": "FiftyOne's FiftyOneImageClassificationDataset, `data/` + `labels.json`; a list of labels is a "
+    "candidate set",
+    "argilla": "an Argilla 2.x export (`records.json` from `dataset.records.to_json`, or a `Dataset.to_disk` folder); "
+    "submitted responses become annotations, images come from the image field (data URI or a path in the ZIP)",
+}
+FORMATS_DOC = "the ZIP's layout: " + "; ".join(f"`{k}`: {v}" for k, v in FORMAT_DOCS.items() if k in READERS)

@@ -63,6 +63,8 @@ class JobResult(Base):
     ambiguous: Mapped[bool] = mapped_column(Boolean)
     candidates_suspect: Mapped[bool] = mapped_column(Boolean)
     prior_label: Mapped[str | None] = mapped_column(String(255))
+    # the item's k-fold out-of-sample probabilities over all classes (cross_validation.folds), else null
+    pred_probs_oos: Mapped[list | None] = mapped_column(JSONType, nullable=True)
 
 
 RESULT_FIELDS = (
@@ -70,16 +72,17 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
-def result_row(job_id, item_seq: int, item) -> dict:
-    """A job_results row from the engine's ItemResult."""
-    return {"job_id": job_id, "item_seq": item_seq, "external_id": item.id} | {
+def result_row(job_id, item_seq: int, item, pred_probs_oos: list[float] | None = None) -> dict:
+    """A job_results row from the engine's ItemResult (and its out-of-sample pred_probs row)."""
+    return {"job_id": job_id, "item_seq": item_seq, "external_id": item.id, "pred_probs_oos": pred_probs_oos} | {
         f: getattr(item, f) for f in RESULT_FIELDS
     }
 
 
 def result_dict(row: JobResult) -> dict:
-    """The public form of a stored result: the engine's ItemResult fields."""
-    return {"id": row.external_id} | {f: getattr(row, f) for f in RESULT_FIELDS}
+    """The public form of a stored result: the engine's ItemResult fields and the out-of-sample
+    pred_probs row (null without cross-validation)."""
+    return {"id": row.external_id, "pred_probs_oos": row.pred_probs_oos} | {f: getattr(row, f) for f in RESULT_FIELDS}
 
 
 class FeatureRow(Base):

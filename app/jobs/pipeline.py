@@ -34,6 +34,7 @@ from app.jobs import repository as repo
 from app.jobs.leases import Heartbeat, LeaseLost
 from app.jobs.models import Job, JobChunk, JobResult, result_row
 from app.ml.config import CleanConfig
+from app.ml.crossval import out_of_sample
 from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
@@ -269,6 +270,10 @@ class _JobHooks:
             self._cancel = row.state != states.TRAINING
         return self._cancel
 
+    def on_fold(self, fold: int, folds: int) -> None:
+        progress = {"stage": "training", "done": fold, "total": folds, "epoch": None, "epochs": None}
+        self._write("progress", progress=progress, updated_at=utcnow())
+
     def on_epoch_end(self, ckpt: Checkpoint) -> None:
         tensors, meta = ckpt.tensors()
         self._write("checkpoint", checkpoint=safetensors.torch.save(tensors), checkpoint_meta=meta)
@@ -322,10 +327,25 @@ def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, r
         resume=resume,
     )
     out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
-    retry_db(lambda: _store(jid, lease.owner, tenant_id, dataset_id, classes, items, out), what=f"job {jid}: results")
+    oos = None
+    if cfg.cross_validation.folds:
+        oos = out_of_sample(
+            backbone,
+            classes,
+            features,
+            mask,
+            cfg,
+            cfg.cross_validation.folds,
+            should_cancel=hooks.should_cancel,
+            on_fold=hooks.on_fold,
+        )
+        oos = [[round(float(p), 6) for p in row] for row in oos]
+    retry_db(
+        lambda: _store(jid, lease.owner, tenant_id, dataset_id, classes, items, out, oos), what=f"job {jid}: results"
+    )
 
 
-def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str], items: list, out) -> None:
+def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str], items: list, out, oos=None) -> None:
     """Results, classifier and the terminal state in one transaction, by the lease's owner only."""
     classifier, metrics = out.classifier, out.metrics
     with session_scope() as session:
@@ -336,7 +356,10 @@ def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str]
             return
         session.execute(
             JobResult.__table__.insert(),
-            [result_row(jid, seq, r) for (seq, _, _, _), r in zip(items, out.items, strict=True)],
+            [
+                result_row(jid, seq, r, None if oos is None else oos[n])
+                for n, ((seq, _, _, _), r) in enumerate(zip(items, out.items, strict=True))
+            ],
         )
         session.add(
             ClassifierRow(

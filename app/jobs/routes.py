@@ -115,26 +115,31 @@ def _rows(
         after = (*last[2:], last[0].item_seq)
 
 
-def label_row(result: JobResult, annotations: list | None) -> dict:
-    """A LabelRow: the stored result with its item's annotations and the annotators who agree."""
+def label_row(result: JobResult, annotations: list | None, classes: tuple[str, ...]) -> dict:
+    """A LabelRow: the stored result with its item's annotations, the annotators who agree and
+    the label's quality score (cleanlab's self-confidence; out-of-sample when the job has k-fold
+    pred_probs)."""
     votes = [{"ground_truth": False} | a for a in annotations or ()]
-    return result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label)}
+    row = result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label)}
+    return exports.with_quality(row, classes)
 
 
 LABELS_OK = {
     "description": "one row per item: `jsonl` writes a LabelRow a line (`application/x-ndjson`), `csv` a header and "
     "a row per item with the posterior, the annotations (annotator: label) and the agreeing annotators as JSON in the "
     "last three columns (`text/csv`); `labelstudio`, `argilla`, `fiftyone` and `pred_probs` write JSON in those "
-    "tools' shapes (`application/json`, one of the schemas listed)",
+    "tools' shapes (`application/json`, one of the schemas listed); `pred_probs_npz` an `.npz` of NumPy arrays "
+    "(`application/zip`)",
     "content": {
         "application/x-ndjson": {"schema": register(LabelRow)},
         "text/csv": {"schema": {"type": "string"}},
         "application/json": {"schema": JSON_FORMATS},
+        "application/zip": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 DOWNLOAD_HEADERS = {
     "Content-Disposition": {
-        "description": "`attachment; filename=labels-<job>.<csv|json>` (csv and the JSON formats)",
+        "description": "`attachment; filename=labels-<job>.<csv|json|npz>` (csv, npz and the JSON formats)",
         "schema": {"type": "string"},
     }
 }
@@ -150,11 +155,13 @@ def get_labels(
     session: SessionDep,
     tenant: TenantDep,
     format: Annotated[
-        Literal["jsonl", "csv", "labelstudio", "argilla", "fiftyone", "pred_probs"],
+        Literal["jsonl", "csv", "labelstudio", "argilla", "fiftyone", "pred_probs", "pred_probs_npz"],
         Query(
             description="`jsonl`, `csv`; `labelstudio`: Label Studio predictions (`task` is the item id); `argilla`: "
             "Argilla 2.x records with suggestions; `fiftyone`: FiftyOne's labels.json; `pred_probs`: cleanlab's N x K "
-            "in-sample pred_probs over the dataset's classes with the item ids and a label_quality per item"
+            "pred_probs over the dataset's classes (out-of-sample when the job ran with cross_validation.folds) with "
+            "the item ids, Candor's labels and a label_quality per item; `pred_probs_npz`: the same as NumPy arrays in "
+            "an `.npz`"
         ),
     ] = "jsonl",
     flag: Annotated[Flag | None, Query(description="only the rows with this flag set")] = None,
@@ -190,7 +197,9 @@ def get_labels(
     session.commit()
 
     def rows() -> Iterator[dict]:
-        return (label_row(r, votes) for r, votes in _rows(job.id, flag, max_confidence, order == "review"))
+        return (
+            label_row(r, votes, meta.classes) for r, votes in _rows(job.id, flag, max_confidence, order == "review")
+        )
 
     media_type, suffix = exports.FORMATS[format]
     headers = {} if format == "jsonl" else {"Content-Disposition": f'attachment; filename="labels-{job.id}.{suffix}"'}

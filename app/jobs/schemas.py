@@ -33,8 +33,12 @@ class JobProgress(BaseModel):
     stage: JobState | None = Field(
         None, description="what the job is doing: the state it is in ('featurizing': images done of total)"
     )
-    done: int | None = Field(None, description="featurizing: images with features so far")
-    total: int | None = Field(None, description="featurizing: images of the job")
+    done: int | None = Field(
+        None, description="featurizing: images with features so far; cross-validation (training, no epoch): folds done"
+    )
+    total: int | None = Field(
+        None, description="featurizing: images of the job; cross-validation (training, no epoch): folds"
+    )
     epoch: int | None = Field(None, description="training: epochs finished")
     epochs: int | None = Field(None, description="training: epochs to run")
     last_loss: float | None = Field(None, description="training: the loss of the last step")
@@ -127,3 +131,12 @@ class LabelRow(BaseModel):
         "in `csv` a JSON object annotator: label"
     )
     agreed: list[str] = Field(description="the annotators whose label is `label`; in `csv` a JSON list")
+    label_quality: float = Field(
+        description="cleanlab's label quality score of `label` (self-confidence: its probability in the item's "
+        "pred_probs row; out-of-sample when the job ran with cross_validation.folds)"
+    )
+    pred_probs_oos: list[float] | None = Field(
+        None,
+        description="with cross_validation.folds: the item's out-of-sample probabilities over all classes (dataset "
+        "order) from a linear probe that never saw it; null otherwise",
+    )

@@ -209,6 +209,27 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+class CrossValidationConfig(_Frozen):
+    """Out-of-sample pred_probs for cleanlab (app/ml/crossval.py)."""
+
+    folds: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="0: off. k >= 2: after the job's training, k more trainings, each on k-1 folds of the items, give "
+        "every item its probabilities over all classes from a model that never saw it (format=pred_probs then "
+        "exports those, and label_quality scores Candor's label by them). Cost: about k - 1 times the training "
+        "time on top of the job; features are not computed again",
+    )
+
+    @field_validator("folds")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("folds must be 0 (off) or at least 2")
+        return value
+
+
 class CleanConfig(_Frozen):
     """Everything a cleaning job needs besides its data."""
 
@@ -235,6 +256,7 @@ class CleanConfig(_Frozen):
     features: FeatureConfig = FeatureConfig()
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig = OutputConfig()
+    cross_validation: CrossValidationConfig = CrossValidationConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -269,8 +291,10 @@ class CleanConfig(_Frozen):
         return value
 
     def digest(self) -> str:
-        """A stable hash of the config, used in the classifier's version."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A stable hash of the config, used in the classifier's version (cross-validation off
+        leaves it out, so configs written before it existed keep their hash)."""
+        off = {"cross_validation"} if self.cross_validation.folds == 0 else None
+        blob = json.dumps(self.model_dump(mode="json", exclude=off), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def with_overrides(self, **sections: dict) -> CleanConfig:
