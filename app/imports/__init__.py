@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 
 from app.datasets.service import Incoming, incoming_from_zip
+from app.imports import labelstudio
 
 Reader = Callable[[zipfile.ZipFile, Sequence[str]], list[Incoming]]
 
@@ -27,6 +28,7 @@ def _candor(zf: zipfile.ZipFile, classes: Sequence[str]) -> list[Incoming]:
 # format -> reader; "candor" (manifest.jsonl, or an ImageFolder with a manifest) is the default.
 READERS: dict[str, Reader] = {
     "candor": _candor,
+    "labelstudio": labelstudio.read,
 }
 
 ImportFormat = Enum("ImportFormat", {name: name for name in READERS}, type=str)

@@ -127,3 +127,8 @@ class LabelRow(BaseModel):
         "in `csv` a JSON object annotator: label"
     )
     agreed: list[str] = Field(description="the annotators whose label is `label`; in `csv` a JSON list")
+    source: dict[str, Any] | None = Field(
+        None,
+        description="where the item came from (a Label Studio import: `{tool, task, from_name, to_name}`); "
+        "null otherwise; not in `csv`",
+    )
