@@ -280,8 +280,11 @@ class Client:
         batch_size: int = 100,
         batch_bytes: int = 32 << 20,
         progress: bool | None = None,
+        format: str = "candor",
     ) -> UploadResult:
         """Upload a folder, a manifest.jsonl, a ZIP or an iterable of ``{id, image, candidates}``.
+        ``format`` is a ZIP's layout: 'candor' (a manifest) or 'labelstudio' (a Label Studio JSON
+        export with label_config.xml and the media).
 
         Items go in batches of at most ``batch_size`` items and about ``batch_bytes`` bytes of
         images (a ZIP goes whole, to the import route). Each batch is all-or-nothing: a rejected one
@@ -292,7 +295,7 @@ class Client:
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if path.is_file() and zipfile.is_zipfile(path):
-                return self._upload_zip(_id(dataset), path, show)
+                return self._upload_zip(_id(dataset), path, show, format)
             items = sources.from_path(path)
         else:
             items = sources.from_iterable(source)
@@ -345,13 +348,14 @@ class Client:
         result.batches += 1
         result.replayed_batches += int(replayed)
 
-    def _upload_zip(self, dataset_id: str, path: Path, show: bool) -> UploadResult:
+    def _upload_zip(self, dataset_id: str, path: Path, show: bool, format: str = "candor") -> UploadResult:
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         size = path.stat().st_size
-        key = "candor-zip-" + hashlib.sha256(f"{dataset_id}\0{digest.hexdigest()}".encode()).hexdigest()[:48]
+        tag = "" if format == "candor" else f"{format}\0"
+        key = "candor-zip-" + hashlib.sha256(f"{dataset_id}\0{tag}{digest.hexdigest()}".encode()).hexdigest()[:48]
         with _progress_bar(show, total=size, unit="B", unit_scale=True, desc="upload") as bar:
 
             def chunks() -> Iterator[bytes]:
@@ -362,12 +366,43 @@ class Client:
                         yield chunk
 
             headers = {"Content-Type": "application/zip", "Idempotency-Key": key, "Content-Length": str(size)}
+            params = {} if format == "candor" else {"format": format}
             response = self._send(
-                "POST", f"/v1/datasets/{dataset_id}/imports", content=chunks, headers=headers, timeout=None
+                "POST",
+                f"/v1/datasets/{dataset_id}/imports",
+                content=chunks,
+                headers=headers,
+                params=params,
+                timeout=None,
             )
         result = UploadResult()
         self._add_batch(result, response, 0)
         return result
+
+    def import_labelstudio(
+        self, dataset: Ref | None, url: str, token: str, project: int, *, name: str | None = None
+    ) -> tuple[DatasetDetail | Dataset, UploadResult]:
+        """Read a Label Studio project (its JSON export, labeling config and task images, over its
+        API with ``token``) into ``dataset``, or into a new dataset named ``name`` whose classes
+        are the config's choices. Returns the dataset and the upload's result."""
+        from candor import labelstudio
+
+        with tempfile.TemporaryDirectory(prefix="candor-ls-") as tmp:
+            path, classes = labelstudio.export_zip(url, token, project, Path(tmp) / "labelstudio.zip")
+            if dataset:
+                ds = self.get_dataset(dataset)
+            else:
+                ds = self.create_dataset(name or f"labelstudio-{project}", classes)
+            return ds, self.upload(ds, path, format="labelstudio")
+
+    def push_labelstudio(self, job: Ref, url: str, token: str, project: int, **filters: Any) -> int:
+        """Import a finished job's labels into a Label Studio project as predictions (on the task
+        ids its items were imported with); how many. ``filters``: flag, max_confidence, order."""
+        from candor import labelstudio
+
+        params = _label_filters(filters.get("flag"), filters.get("max_confidence"), filters.get("order"))
+        preds = self._json("GET", f"/v1/jobs/{_id(job)}/labels", params=params | {"format": "labelstudio"})
+        return labelstudio.push_predictions(url, token, project, preds)
 
     # ---- jobs ----------------------------------------------------------------------------------
     def start_job(self, dataset: Ref, config: dict[str, Any] | BaseModel | None = None) -> Job:

@@ -101,6 +101,7 @@ class Item(Model):
     image_sha256: str
     candidates: list[str]
     annotations: list[Annotation] = []
+    source: dict[str, Any] | None = None  # a Label Studio import's {tool, task, project, from_name, to_name}
     created_at: Timestamp
 
 
@@ -201,6 +202,7 @@ class LabelRow(Model):
     prior_label: str | None = None
     annotations: list[Annotation] = []
     agreed: list[str] = []
+    source: dict[str, Any] | None = None
 
 
 # ---- classifiers ---------------------------------------------------------------------------------

@@ -444,3 +444,99 @@ def test_an_annotation_webhook_starts_a_job_only_when_the_connection_trains(serv
         assert job.json()["dataset_id"] == imported["dataset"]
         assert job.json()["config"]["backbone"] == "tiny"
         c.post(f"{service}/v1/jobs/{job.json()['id']}/cancel", headers={"Authorization": f"Bearer {imported['key']}"})
+
+
+# ---- the CLI and client against Label Studio's API ------------------------------------------------
+class LabelStudioAPI:
+    """Label Studio's API as the CLI uses it (the routes and shapes of Label Studio 1.23): the
+    project with its labeling config, the JSON export, the task media (with the token) and the
+    prediction import, which it records. `make e2e-labelstudio` runs the real one."""
+
+    def __init__(self, tasks: list[dict], media: dict[str, bytes], project: int = 4):
+        self.pushed: list[list[dict]] = []
+        outer = self
+        files = {}
+        for t in tasks:
+            url = t["data"]["img"]
+            path = url.split("?d=")[1].replace("%2F", "/") if "?d=" in url else url.removeprefix("/")
+            files[url] = media[path]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, status: int, body: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Token {TOKEN}":
+                    return True
+                self._send(401, b'{"detail": "Authentication credentials were not provided."}')
+                return False
+
+            def do_GET(self):
+                if not self._authorized():
+                    return
+                if self.path == f"/api/projects/{project}/":
+                    self._send(200, json.dumps({"id": project, "label_config": label_config()}).encode())
+                elif self.path == f"/api/projects/{project}/export?exportType=JSON":
+                    self._send(200, json.dumps(tasks).encode())
+                elif self.path in files:
+                    self._send(200, files[self.path], "image/png")
+                else:
+                    self._send(404, b'{"detail": "Not found."}')
+
+            def do_POST(self):
+                if not self._authorized():
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == f"/api/projects/{project}/import/predictions":
+                    outer.pushed.append(body)
+                    self._send(201, json.dumps({"created": len(body)}).encode())
+                else:
+                    self._send(404, b'{"detail": "Not found."}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_cli_reads_a_project_from_label_studio_and_pushes_predictions_back(service, imported, capsys):
+    from app.cli import main
+
+    tasks, media = ls_tasks(6)
+    ls = LabelStudioAPI(tasks, media)
+    key = imported["key"]
+    common = ["--server", service, "--key", key, "--ls-url", ls.url, "--ls-token", TOKEN, "--project", "4"]
+    try:
+        assert main(["remote", "labelstudio-import", *common, "--name", "from-ls"]) == 0
+        out = capsys.readouterr()
+        dataset = out.out.strip()
+        assert "6 tasks into dataset" in out.err and "6 created" in out.err
+        with api(service, key) as c:
+            ds = c.get(f"/v1/datasets/{dataset}").json()
+            assert ds["name"] == "from-ls" and ds["classes"] == CLASSES  # the config's choices
+            items = c.get(f"/v1/datasets/{dataset}/items").json()["items"]
+        assert [(i["id"], i["source"]["task"], len(i["annotations"])) for i in items] == [
+            (str(t["id"]), t["id"], 3) for t in tasks
+        ]
+        # a wrong Label Studio token is one plain line
+        bad = [a if a != TOKEN else "wrong" for a in common]
+        assert main(["remote", "labelstudio-import", *bad]) == 1
+        assert "Label Studio answered HTTP 401" in capsys.readouterr().err
+
+        job = imported["job"]["id"]
+        assert main(["remote", "labelstudio-push", job, *common]) == 0
+        assert f"12 predictions of job {job} imported into Label Studio project 4" in capsys.readouterr().err
+        assert [p["task"] for p in ls.pushed[0]] == [t["id"] for t in imported["tasks"]]
+        assert {p["result"][0]["from_name"] for p in ls.pushed[0]} == {"garment"}
+    finally:
+        ls.close()

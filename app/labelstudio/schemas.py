@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Project = int | str | None
 
 
-class SetupRequest(BaseModel):
+class LabelStudioSetup(BaseModel):
     """`POST /setup`: the project (`"<id>.<created_at timestamp>"`), its labeling config and
     whatever the connection's extra params hold; older Label Studio versions also send its
     `hostname` and an `access_token`."""
@@ -28,11 +28,11 @@ class SetupRequest(BaseModel):
     )
 
 
-class SetupResponse(BaseModel):
+class LabelStudioSetupAnswer(BaseModel):
     model_version: str
 
 
-class PredictRequest(BaseModel):
+class LabelStudioPredictRequest(BaseModel):
     """`POST /predict`: the tasks to pre-annotate, the project and its labeling config."""
 
     model_config = ConfigDict(extra="allow")
@@ -43,31 +43,35 @@ class PredictRequest(BaseModel):
     params: dict[str, Any] | None = None
 
 
-class ChoicesResult(BaseModel):
+class LabelStudioChoicesResult(BaseModel):
     from_name: str
     to_name: str
     type: str = "choices"
     value: dict[str, list[str]]
 
 
-class TaskPrediction(BaseModel):
+class LabelStudioTaskPrediction(BaseModel):
     """One task's prediction, as label-studio-ml-backend's PredictionValue."""
 
-    result: list[ChoicesResult]
+    result: list[LabelStudioChoicesResult]
     score: float = Field(description="the chosen class's probability among the config's choices")
     model_version: str = Field(description="the classifier's version")
 
 
-class PredictResponse(BaseModel):
-    results: list[TaskPrediction] = Field(description="one prediction per task, in the tasks' order")
+class LabelStudioPredictions(BaseModel):
+    results: list[LabelStudioTaskPrediction] = Field(description="one prediction per task, in the tasks' order")
 
 
-class HealthResponse(BaseModel):
+class LabelStudioHealth(BaseModel):
     status: str = "UP"
     model_class: str = "Candor"
     model_version: str
 
 
-class WebhookResponse(BaseModel):
+class LabelStudioMetrics(BaseModel):
+    """label-studio-ml-backend's /metrics: an empty object."""
+
+
+class LabelStudioWebhookAnswer(BaseModel):
     status: str = Field(description="`ok`, or `Unknown event` for an action that does not train")
     job_id: str | None = Field(None, description="the job the event started (or the one already running)")

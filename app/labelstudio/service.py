@@ -38,12 +38,12 @@ from app.jobs.models import Job
 from app.jobs.schemas import JobCreate
 from app.labelstudio.models import LabelStudioConnection
 from app.labelstudio.schemas import (
-    ChoicesResult,
-    PredictRequest,
-    PredictResponse,
-    SetupRequest,
-    TaskPrediction,
-    WebhookResponse,
+    LabelStudioChoicesResult,
+    LabelStudioPredictions,
+    LabelStudioPredictRequest,
+    LabelStudioSetup,
+    LabelStudioTaskPrediction,
+    LabelStudioWebhookAnswer,
 )
 from app.ml.text import show
 from app.webhooks.addresses import RefusedAddress, check_url
@@ -112,7 +112,7 @@ def _config(text: str | None, classes: list[str], what: str) -> LabelConfig:
     return config
 
 
-def _extra(body: SetupRequest) -> dict:
+def _extra(body: LabelStudioSetup) -> dict:
     extra = body.extra_params
     if isinstance(extra, str):
         try:
@@ -134,7 +134,7 @@ def _text(value: object, name: str) -> str | None:
     return value
 
 
-def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: SetupRequest) -> str:
+def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: LabelStudioSetup) -> str:
     """Check the project's labeling config against the classifier, remember the project's Label
     Studio URL and token; the classifier's version."""
     _, version, clf = classifiers.owned_classifier(session, tenant, classifier_id)
@@ -267,7 +267,9 @@ class ImageFetcher:
 
 
 # ---- predict -------------------------------------------------------------------------------------
-def predict(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: PredictRequest) -> PredictResponse:
+def predict(
+    session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: LabelStudioPredictRequest
+) -> LabelStudioPredictions:
     """One prediction per task: the classifier's choice among the config's choices."""
     _, version, clf = classifiers.owned_classifier(session, tenant, classifier_id)
     config = _config(body.label_config, list(clf.classes), "label_config")
@@ -287,13 +289,13 @@ def predict(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body:
         except FetchError as exc:
             raise Problem(422, "Task image not fetched", f"{name}: image {show(ref, 200)}: {exc}") from exc
     if not blobs:
-        return PredictResponse(results=[])
+        return LabelStudioPredictions(results=[])
     answer = classifiers.predict(session, tenant, classifier_id, blobs, 1, list(config.choices))
-    return PredictResponse(
+    return LabelStudioPredictions(
         results=[
-            TaskPrediction(
+            LabelStudioTaskPrediction(
                 result=[
-                    ChoicesResult(
+                    LabelStudioChoicesResult(
                         from_name=config.from_name, to_name=config.to_name, value={"choices": [p.top[0].label]}
                     )
                 ],
@@ -306,27 +308,27 @@ def predict(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body:
 
 
 # ---- webhook -------------------------------------------------------------------------------------
-def webhook(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: dict) -> WebhookResponse:
+def webhook(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: dict) -> LabelStudioWebhookAnswer:
     """An annotation event of a project whose connection has ``train`` on starts a new job on the
     classifier's dataset with the classifier's job config (not when one is queued or running)."""
     action = body.get("action")
     if action not in TRAIN_EVENTS:
-        return WebhookResponse(status="Unknown event")
+        return LabelStudioWebhookAnswer(status="Unknown event")
     row = classifiers.require_classifier(session, tenant, classifier_id)
     project = body.get("project")
     project = project.get("id") if isinstance(project, dict) else project
     conn = _connection(session, tenant, classifier_id, project_id(project))
     if conn is None or not conn.train:
         session.commit()
-        return WebhookResponse(status="ok")
+        return LabelStudioWebhookAnswer(status="ok")
     live = jobs_repo.live_jobs(session, row.dataset_id, LIVE)
     if live:
         session.commit()
-        return WebhookResponse(status="ok", job_id=str(live[0]))
+        return LabelStudioWebhookAnswer(status="ok", job_id=str(live[0]))
     config = session.scalar(select(Job.config).where(Job.id == row.job_id))
     job = jobs.create_job(session, tenant, JobCreate(dataset_id=row.dataset_id, config=config or {}))
     session.commit()
-    return WebhookResponse(status="ok", job_id=str(job.id))
+    return LabelStudioWebhookAnswer(status="ok", job_id=str(job.id))
 
 
 def model_version(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> str:
