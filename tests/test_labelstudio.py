@@ -540,3 +540,29 @@ def test_the_cli_reads_a_project_from_label_studio_and_pushes_predictions_back(s
         assert {p["result"][0]["from_name"] for p in ls.pushed[0]} == {"garment"}
     finally:
         ls.close()
+
+
+def test_the_hostname_and_token_label_studio_sends_by_itself_serve_when_no_extra_params_do(service, imported, images):
+    clf = imported["job"]["classifier_id"]
+    root = f"{service}/v1/labelstudio/{clf}"
+    auth = basic(imported["key"])
+    setup = {"project": "12.1", "schema": label_config(), "hostname": images.url, "access_token": TOKEN}
+    body = {
+        "tasks": [{"id": 5, "data": {"img": "/data/upload/4/a.png"}}],
+        "project": "12.1",
+        "label_config": label_config(),
+    }
+    with httpx.Client(timeout=60) as c:
+        assert c.post(f"{root}/setup", json=setup, headers=auth).status_code == 200
+        r = c.post(f"{root}/predict", json=body, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["result"][0]["value"]["choices"][0] in CLASSES
+        # a refused extra_params URL is a 422 naming it; link-local addresses are refused whatever the setting
+        bad = setup | {"extra_params": {"url": "http://169.254.169.254/"}}
+        detail = _problem(c.post(f"{root}/setup", json=bad, headers=auth))
+        assert "Label Studio URL 'http://169.254.169.254/'" in detail and "cloud metadata" in detail
+        # a refused hostname (sent by Label Studio itself) is ignored, not a failed connection
+        quiet = setup | {"project": "13.1", "hostname": "http://169.254.169.254"}
+        assert c.post(f"{root}/setup", json=quiet, headers=auth).status_code == 200
+        body["project"] = "13.1"
+        assert "it is relative to Label Studio" in _problem(c.post(f"{root}/predict", json=body, headers=auth))

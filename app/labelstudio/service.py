@@ -140,16 +140,25 @@ def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: L
     _, version, clf = classifiers.owned_classifier(session, tenant, classifier_id)
     _config(body.schema_, list(clf.classes), "schema")
     extra = _extra(body)
-    url = _text(extra.get("url") or extra.get("label_studio_url") or body.hostname, "url")
-    token = _text(extra.get("token") or extra.get("access_token") or body.access_token, "token")
+    url = _text(extra.get("url") or extra.get("label_studio_url"), "url")
+    token = _text(extra.get("token") or extra.get("access_token"), "token")
     train = extra.get("train", False)
     if not isinstance(train, bool):
         raise Problem(422, "Invalid request", "extra_params.train must be true or false")
+    allow_private = get_settings().labelstudio_allow_private
     if url is not None:
         try:
-            check_url(url, get_settings().labelstudio_allow_private)
+            check_url(url, allow_private)
         except RefusedAddress as exc:
             raise Problem(422, "Invalid request", f"Label Studio URL {show(url, 200)}: {exc}") from exc
+    elif isinstance(body.hostname, str) and body.hostname:
+        # the hostname Label Studio sends by itself (often its default, localhost): used when allowed,
+        # never a reason to refuse the connection
+        try:
+            check_url(body.hostname, allow_private)
+            url, token = body.hostname[:2000], token or body.access_token
+        except RefusedAddress:
+            pass
     project = project_id(body.project)
     if project is not None:
         conn = _connection(session, tenant, classifier_id, project)
