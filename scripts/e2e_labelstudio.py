@@ -15,6 +15,9 @@ Candor runs from the product's virtual environment (``--candor``, its `candor` c
 5. Candor is connected to the project as its ML backend (basic auth, the API key as password;
    extra params with Label Studio's URL and token) and Label Studio is asked for a prediction on
    a task: Label Studio calls Candor's /predict, which fetches the task image from Label Studio.
+6. The webhook Label Studio made for the model, given the API key as a header, carries an
+   ANNOTATION_CREATED event to Candor, which starts a new job on the dataset (the connection's
+   extra params say `train`); it is cancelled at once.
 
 Prints each step's time and the total; exits non-zero on the first failure.
 """
@@ -283,7 +286,7 @@ def main() -> int:
             auth_method="BASIC_AUTH",
             basic_auth_user="labelstudio",
             basic_auth_pass=key,
-            extra_params={"url": ls_url, "token": TOKEN},
+            extra_params={"url": ls_url, "token": TOKEN, "train": True},
         )
         step(f"ML backend {backend.id} connected (state {getattr(backend, 'state', '?')})")
         fresh_task = {"data": {"image": f"/data/local-files/?d=fmnist/img{N_TASKS}.png"}}
@@ -310,6 +313,24 @@ def main() -> int:
         ).json()["predictions"][0]
         check(got == [direct["label"]], f"task {target.id}: the ML backend said {got}, /predict {direct['label']}")
         step(f"Label Studio asked Candor (ML backend) for task {target.id}: {got[0]} (score {preds[0].get('score')})")
+
+        # an annotation starts a new job: Label Studio's webhook to Candor, given the key as a header
+        hooks = [h for h in ls.webhooks.list(project=str(project.id)) if h.url.endswith("/webhook")]
+        check(len(hooks) == 1, f"Label Studio made {len(hooks)} webhooks for the ML backend")
+        ls.webhooks.update(id=hooks[0].id, url=hooks[0].url, headers={"Authorization": f"Bearer {key}"})
+        before = {j["id"] for j in api.get("/v1/jobs").json()["items"]}
+        result = [{"from_name": "garment", "to_name": "image", "type": "choices", "value": {"choices": [got[0]]}}]
+        ls.annotations.create(id=target.id, result=result)
+        started = None
+        for _ in range(120):
+            started = [j for j in api.get("/v1/jobs").json()["items"] if j["id"] not in before]
+            if started:
+                break
+            time.sleep(0.5)
+        check(bool(started), "no job started after an annotation (ANNOTATION_CREATED webhook)")
+        check(started[0]["dataset_id"] == dataset, f"the new job is on dataset {started[0]['dataset_id']}")
+        api.post(f"/v1/jobs/{started[0]['id']}/cancel")
+        step(f"an annotation on task {target.id} started job {started[0]['id']} through the webhook")
         step(f"PASSED in {time.monotonic() - STARTED:.0f} s")
         return 0
     finally:
