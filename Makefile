@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services compose-cli test lint demo bench-speed bench-service bench-load clean
+.PHONY: install data services compose-cli test lint demo bench-speed bench-service bench-load e2e-labelstudio clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -51,6 +51,19 @@ bench-service: install services
 
 bench-load: install services
 	$(PY) bench/load.py
+
+# Label Studio (PyPI label-studio, which brings label-studio-sdk) in a virtual environment of its own:
+# its pins (numpy, pandas, Django...) are not the product's.
+LS_VENV := build/labelstudio-venv
+LS_STAMP := $(LS_VENV)/.labelstudio-installed
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet label-studio==1.23.2
+	touch $(LS_STAMP)
+
+# A real Label Studio end to end: import its export, run a job, push predictions back, ML backend.
+e2e-labelstudio: install data $(LS_STAMP)
+	$(LS_VENV)/bin/python scripts/e2e_labelstudio.py --candor $(VENV)/bin/candor
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

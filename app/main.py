@@ -15,6 +15,7 @@ from app.core.limits import RequestGuard
 from app.core.settings import get_settings
 from app.datasets.routes import router as datasets_router
 from app.jobs.routes import router as jobs_router
+from app.labelstudio.routes import router as labelstudio_router
 from app.webhooks.routes import router as webhooks_router
 
 DESCRIPTION = """Clean image annotations given as candidate label sets.
@@ -64,4 +65,5 @@ def create_app() -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(classifiers_router)
     app.include_router(webhooks_router)
+    app.include_router(labelstudio_router)
     return app

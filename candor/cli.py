@@ -7,6 +7,8 @@
     candor remote labels JOB --out labels.jsonl [--flag ambiguous] [--max-confidence 0.6] [--order review]
     candor remote download CLASSIFIER --out DIR
     candor remote predict CLASSIFIER IMAGE...
+    candor remote labelstudio-import --project 4 --ls-url URL --ls-token TOKEN   # prints the dataset id
+    candor remote labelstudio-push JOB --project 4 --ls-url URL --ls-token TOKEN
 
 The server and key default to $CANDOR_SERVER and $CANDOR_API_KEY.
 """
@@ -276,6 +278,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ls_token(args: argparse.Namespace) -> str:
+    if not args.ls_token:
+        raise CandorError("no Label Studio token: pass --ls-token TOKEN or set LABEL_STUDIO_API_KEY")
+    return args.ls_token
+
+
+def cmd_labelstudio_import(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        ds, up = c.import_labelstudio(args.dataset, args.ls_url, _ls_token(args), args.project, name=args.name)
+    print(
+        f"Label Studio project {args.project}: {len(up.items)} tasks into dataset {ds.id} "
+        f"({up.created} created, {up.unchanged} unchanged)",
+        file=sys.stderr,
+    )
+    print(ds.id)
+    return 0
+
+
+def cmd_labelstudio_push(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        n = c.push_labelstudio(
+            args.job, args.ls_url, _ls_token(args), args.project, flag=args.flag, max_confidence=args.max_confidence
+        )
+    print(f"{n} predictions of job {args.job} imported into Label Studio project {args.project}", file=sys.stderr)
+    return 0
+
+
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Service and input errors as one plain line on stderr and exit status 1."""
 
@@ -308,8 +337,10 @@ def add_remote_parser(sub: Any) -> None:
     remote = sub.add_parser("remote", help="drive a Candor service: run a folder end to end, list, status, labels")
     rs = remote.add_subparsers(dest="remote_command", required=True)
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = rs.add_parser(name, parents=[common], help=help, description=help)
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, *more: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        p = rs.add_parser(name, parents=[common, *more], help=help, description=help)
         p.set_defaults(func=_guarded(func))
         return p
 
@@ -371,6 +402,36 @@ def add_remote_parser(sub: Any) -> None:
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
     lb.add_argument("--order", choices=("review",), help="review: flagged rows first, then the smallest margin")
+
+    ls = argparse.ArgumentParser(add_help=False)
+    ls.add_argument(
+        "--ls-url",
+        default=os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:8080"),
+        help="Label Studio's URL (default $LABEL_STUDIO_URL, else http://127.0.0.1:8080)",
+    )
+    ls.add_argument(
+        "--ls-token",
+        default=os.environ.get("LABEL_STUDIO_API_KEY"),
+        help="a Label Studio personal access token or legacy token (default $LABEL_STUDIO_API_KEY)",
+    )
+    ls.add_argument("--project", type=int, required=True, help="the Label Studio project id")
+    li = command(
+        "labelstudio-import",
+        cmd_labelstudio_import,
+        "read a Label Studio project (export, labeling config, images) into a dataset; prints its id",
+        ls,
+    )
+    li.add_argument("--dataset", help="into this dataset (default: a new one whose classes are the config's choices)")
+    li.add_argument("--name", help="the new dataset's name (default: labelstudio-PROJECT)")
+    lp = command(
+        "labelstudio-push",
+        cmd_labelstudio_push,
+        "import a finished job's labels into a Label Studio project as predictions",
+        ls,
+    )
+    lp.add_argument("job")
+    lp.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
+    lp.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
 
     d = command("download", cmd_download, "save a classifier the service trained (for `candor predict`)")
     d.add_argument("classifier")

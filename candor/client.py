@@ -285,8 +285,9 @@ class Client:
         """Upload a folder, a manifest.jsonl, a ZIP or an iterable of ``{id, image, candidates}``.
 
         ``format`` names the layout of a ZIP or folder (:data:`candor.formats.IMPORT_FORMATS`):
-        'candor' (the default), or a labelling tool's export as it is: 'fiftyone-tree',
-        'fiftyone', 'argilla'. A folder in a tool's layout is zipped and sent to the import route.
+        'candor' (the default), or a labelling tool's export as it is: 'labelstudio' (a JSON export
+        with label_config.xml and the media), 'fiftyone-tree', 'fiftyone', 'argilla'. A folder in a
+        tool's layout is zipped and sent to the import route.
 
         Items go in batches of at most ``batch_size`` items and about ``batch_bytes`` bytes of
         images (a ZIP goes whole, to the import route). Each batch is all-or-nothing: a rejected one
@@ -309,7 +310,7 @@ class Client:
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if path.is_file() and zipfile.is_zipfile(path):
-                return self._upload_zip(_id(dataset), path, show)
+                return self._upload_zip(_id(dataset), path, show, format)
             items = sources.from_path(path)
         else:
             items = sources.from_iterable(source)
@@ -391,6 +392,31 @@ class Client:
         result = UploadResult()
         self._add_batch(result, response, 0)
         return result
+
+    def import_labelstudio(
+        self, dataset: Ref | None, url: str, token: str, project: int, *, name: str | None = None
+    ) -> tuple[DatasetDetail | Dataset, UploadResult]:
+        """Read a Label Studio project (its JSON export, labeling config and task images, over its
+        API with ``token``) into ``dataset``, or into a new dataset named ``name`` whose classes
+        are the config's choices. Returns the dataset and the upload's result."""
+        from candor import labelstudio
+
+        with tempfile.TemporaryDirectory(prefix="candor-ls-") as tmp:
+            path, classes = labelstudio.export_zip(url, token, project, Path(tmp) / "labelstudio.zip")
+            if dataset:
+                ds = self.get_dataset(dataset)
+            else:
+                ds = self.create_dataset(name or f"labelstudio-{project}", classes)
+            return ds, self.upload(ds, path, format="labelstudio")
+
+    def push_labelstudio(self, job: Ref, url: str, token: str, project: int, **filters: Any) -> int:
+        """Import a finished job's labels into a Label Studio project as predictions (on the task
+        ids its items were imported with); how many. ``filters``: flag, max_confidence, order."""
+        from candor import labelstudio
+
+        params = _label_filters(filters.get("flag"), filters.get("max_confidence"), filters.get("order"))
+        preds = self._json("GET", f"/v1/jobs/{_id(job)}/labels", params=params | {"format": "labelstudio"})
+        return labelstudio.push_predictions(url, token, project, preds)
 
     # ---- jobs ----------------------------------------------------------------------------------
     def start_job(self, dataset: Ref, config: dict[str, Any] | BaseModel | None = None) -> Job:

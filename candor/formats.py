@@ -20,6 +20,8 @@ LABEL_FORMATS: dict[str, tuple[str, str]] = {
 
 IMPORT_FORMATS: dict[str, str] = {
     "candor": "manifest.jsonl + images, or a folder of class folders (the default)",
+    "labelstudio": "Label Studio JSON export + label_config.xml + the media under the paths the export references; "
+    "each annotator's choices become annotations, the task id is kept",
     "fiftyone-tree": "FiftyOne ImageClassificationDirectoryTree: CLASS/image.ext, an image in several class folders "
     "is one candidate set",
     "fiftyone": "FiftyOne FiftyOneImageClassificationDataset: data/ + labels.json, a list of labels is a candidate set",

@@ -101,6 +101,7 @@ class Item(Model):
     image_sha256: str
     candidates: list[str]
     annotations: list[Annotation] = []
+    source: dict[str, Any] | None = None  # a Label Studio import's {tool, task, project, from_name, to_name}
     created_at: Timestamp
 
 
@@ -203,6 +204,7 @@ class LabelRow(Model):
     agreed: list[str] = []
     label_quality: float | None = None
     pred_probs_oos: list[float] | None = None
+    source: dict[str, Any] | None = None
 
 
 # ---- classifiers ---------------------------------------------------------------------------------

@@ -140,6 +140,15 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    labelstudio_allow_private: bool = Field(
+        False,
+        description="the Label Studio ML backend may fetch task images from loopback and private addresses (a Label "
+        "Studio on the same host or network); link-local and cloud metadata addresses are refused whatever this says",
+    )
+    labelstudio_timeout_seconds: float = Field(
+        15.0, gt=0.0, description="a task image Label Studio's ML backend fetches must arrive within this many seconds"
+    )
+
     @field_validator("webhook_retry_seconds", mode="before")
     @classmethod
     def _split_seconds(cls, value):

@@ -43,4 +43,6 @@ class Item(Base):
     image_sha256: Mapped[str] = mapped_column(String(64))
     candidates: Mapped[list] = mapped_column(JSONType)
     annotations: Mapped[list | None] = mapped_column(JSONType, nullable=True)  # [{annotator, label}], or null
+    # where an imported item came from, e.g. {"tool": "labelstudio", "task": 17, "from_name": ..., "to_name": ...}
+    source: Mapped[dict | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -195,6 +195,7 @@ def list_items(
             image_sha256=r.image_sha256,
             candidates=r.candidates,
             annotations=r.annotations or [],
+            source=r.source,
             created_at=r.created_at,
         ),
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -108,6 +108,11 @@ class ItemOut(BaseModel):
     image_sha256: str
     candidates: list[str]
     annotations: list[Annotation] = Field(description="the annotators' labels as sent (empty when none were)")
+    source: dict[str, Any] | None = Field(
+        None,
+        description="where an imported item came from: for a Label Studio import `{tool: labelstudio, task, "
+        "from_name, to_name}` (the task id and the label config's <Choices> and <Image> names); null otherwise",
+    )
     created_at: datetime
 
 

@@ -79,6 +79,7 @@ class Incoming:
     candidates: object
     read: Callable[[], bytes]
     annotations: object = None
+    source: dict | None = None  # where the item came from (an import reader's tool and ids), kept with it
 
 
 def _storable_id(item_id: object) -> str | None:
@@ -127,13 +128,20 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
         if old is None:
             new.append((inc, sha, cands, votes))
             outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="created")
-        elif old.image_sha256 == sha and list(old.candidates) == cands and old.annotations == votes:
+        elif (
+            old.image_sha256 == sha
+            and list(old.candidates) == cands
+            and old.annotations == votes
+            and old.source == inc.source
+        ):
             outcomes[inc.index] = ItemOutcome(index=inc.index, id=inc.id, status="unchanged")
         else:
             if old.image_sha256 != sha or list(old.candidates) != cands:
                 what = "another image" if old.image_sha256 != sha else "another candidates"
-            else:
+            elif old.annotations != votes:
                 what = "other annotations"
+            else:
+                what = "another source"
             outcomes[inc.index] = _reject(inc.index, inc.id, f"id already exists in this dataset with {what}")
             rejected = True
     if rejected:
@@ -161,7 +169,7 @@ def ingest(session: Session, tenant: TenantRef, ds: Dataset, incoming: Sequence[
             pending = []
     repo.insert_images(session, pending)
     session.add_all(
-        Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c, annotations=v)
+        Item(dataset_id=ds.id, external_id=inc.id, image_sha256=sha, candidates=c, annotations=v, source=inc.source)
         for inc, sha, c, v in new
     )
     try:

@@ -39,13 +39,14 @@ AGENT = "candor"
 @dataclass(frozen=True)
 class ExportMeta:
     """What the rows alone do not say: the dataset's classes (in order), the classifier's version
-    (None when the job trained none), the Label Studio control and object names and the Argilla
-    question names of the single-label and the multi-label suggestion."""
+    (None when the job trained none), the Label Studio control and object names asked for (None:
+    those a Label Studio import recorded in the item's source, else `choice` and `image`) and the
+    Argilla question names of the single-label and the multi-label suggestion."""
 
     classes: tuple[str, ...] = ()
     model_version: str | None = None
-    from_name: str = "choice"
-    to_name: str = "image"
+    from_name: str | None = None  # None: the item's source's, else "choice"
+    to_name: str | None = None  # None: the item's source's, else "image"
     argilla_label: str = "label"
     argilla_candidates: str = "candidates"
 
@@ -111,17 +112,30 @@ def _flags_meta(row: dict) -> dict:
     }
 
 
+def labelstudio_task(row: dict) -> int | str:
+    """The Label Studio task an item's prediction belongs to: the task id a Label Studio import kept
+    in the item's source, else the item id (as a number when it is one, as task ids are)."""
+    source = row.get("source") or {}
+    task = source.get("task") if source.get("tool") == "labelstudio" else None
+    if isinstance(task, int):
+        return task
+    item_id = row["id"]
+    return int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 19 else item_id
+
+
 def labelstudio_prediction(row: dict, meta: ExportMeta) -> dict:
-    """A Label Studio prediction for one item. `task` is the item id: Candor keeps no Label Studio
-    task id yet, so items uploaded with the task id as their id line up with their tasks."""
+    """A Label Studio prediction for one item: its task (see labelstudio_task), the classifier's
+    version, the confidence as the score, a `choices` result from the label config's <Choices> to
+    its <Image> (the names recorded at import unless the meta names others) and the flags in `meta`."""
+    source = row.get("source") or {}
     return {
-        "task": row["id"],
+        "task": labelstudio_task(row),
         "model_version": meta.model_version or AGENT,
         "score": row["confidence"],
         "result": [
             {
-                "from_name": meta.from_name,
-                "to_name": meta.to_name,
+                "from_name": meta.from_name or source.get("from_name") or "choice",
+                "to_name": meta.to_name or source.get("to_name") or "image",
                 "type": "choices",
                 "value": {"choices": [row["label"]]},
             }

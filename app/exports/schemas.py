@@ -18,13 +18,14 @@ FLAGS = {
 
 LABELSTUDIO = {
     "title": "LabelStudioPredictions",
-    "description": "`format=labelstudio`: Label Studio predictions; `task` is the item id",
+    "description": "`format=labelstudio`: Label Studio predictions; `task` is the Label Studio task id the item was "
+    "imported with (format=labelstudio imports), else the item id (a number when it is one)",
     "type": "array",
     "items": {
         "type": "object",
         "required": ["task", "model_version", "score", "result", "meta"],
         "properties": {
-            "task": STRING,
+            "task": {"anyOf": [{"type": "integer"}, STRING]},
             "model_version": STRING,
             "score": NUMBER,
             "result": {

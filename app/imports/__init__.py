@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 
 from app.datasets.service import Incoming, incoming_from_zip
-from app.imports import argilla, fiftyone
+from app.imports import argilla, fiftyone, labelstudio
 
 Reader = Callable[[zipfile.ZipFile, Sequence[str]], list[Incoming]]
 
@@ -31,6 +31,7 @@ READERS: dict[str, Reader] = {
     "fiftyone-tree": fiftyone.read_tree,
     "fiftyone": fiftyone.read_labels_json,
     "argilla": argilla.read_records,
+    "labelstudio": labelstudio.read,
 }
 
 ImportFormat = Enum("ImportFormat", {name: name for name in READERS}, type=str)
@@ -46,6 +47,9 @@ FORMAT_DOCS = {
     "folders is one item with those classes as candidates",
     "fiftyone": "FiftyOne's FiftyOneImageClassificationDataset, `data/` + `labels.json`; a list of labels is a "
     "candidate set",
+    "labelstudio": "Label Studio's JSON export + `label_config.xml` (the classes are its `<Choices>`) + the media "
+    "under the paths the export references; each annotator's choices become annotations, cancelled ones are skipped, "
+    "`ground_truth` is kept and the task id stays with the item",
     "argilla": "an Argilla 2.x export (`records.json` from `dataset.records.to_json`, or a `Dataset.to_disk` folder); "
     "submitted responses become annotations, images come from the image field (data URI or a path in the ZIP)",
 }

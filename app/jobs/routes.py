@@ -84,16 +84,16 @@ Flag = Literal["ambiguous", "candidates_suspect"]
 
 def _rows(
     job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool
-) -> Iterator[tuple[JobResult, list | None]]:
+) -> Iterator[tuple[JobResult, list | None, dict | None]]:
     """A finished job's results, filtered, in item order (or review order), fetched a page at a
     time, each page in a short transaction of its own: no connection is held while the client
     reads (at its own pace). Pages follow the order's key, so none is skipped or repeated. Each
-    result comes with its item's annotations."""
+    result comes with its item's annotations and source."""
     # review order: flagged rows (ambiguous or candidates suspect) first, then lowest margin first
     rank = case((JobResult.ambiguous | JobResult.candidates_suspect, 0), else_=1)
     key = (rank, JobResult.margin, JobResult.item_seq) if review else (JobResult.item_seq,)
     stmt = (
-        select(JobResult, Item.annotations, *key[:-1])
+        select(JobResult, Item.annotations, Item.source, *key[:-1])
         .outerjoin(Item, Item.seq == JobResult.item_seq)
         .where(JobResult.job_id == job_id)
     )
@@ -108,19 +108,19 @@ def _rows(
         with get_sessionmaker()() as session:
             rows = session.execute(page).all()
         for row in rows:
-            yield row[0], row[1]
+            yield row[0], row[1], row[2]
         if len(rows) < LABEL_PAGE:
             return
         last = rows[-1]
-        after = (*last[2:], last[0].item_seq)
+        after = (*last[3:], last[0].item_seq)
 
 
-def label_row(result: JobResult, annotations: list | None, classes: tuple[str, ...]) -> dict:
-    """A LabelRow: the stored result with its item's annotations, the annotators who agree and
-    the label's quality score (cleanlab's self-confidence; out-of-sample when the job has k-fold
-    pred_probs)."""
+def label_row(result: JobResult, annotations: list | None, source: dict | None, classes: tuple[str, ...]) -> dict:
+    """A LabelRow: the stored result with its item's annotations, the annotators who agree, where
+    the item came from (its source, null unless a reader recorded one) and the label's quality score
+    (cleanlab's self-confidence; out-of-sample when the job has k-fold pred_probs)."""
     votes = [{"ground_truth": False} | a for a in annotations or ()]
-    row = result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label)}
+    row = result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label), "source": source}
     return exports.with_quality(row, classes)
 
 
@@ -157,7 +157,8 @@ def get_labels(
     format: Annotated[
         Literal["jsonl", "csv", "labelstudio", "argilla", "fiftyone", "pred_probs", "pred_probs_npz"],
         Query(
-            description="`jsonl`, `csv`; `labelstudio`: Label Studio predictions (`task` is the item id); `argilla`: "
+            description="`jsonl`, `csv`; `labelstudio`: Label Studio predictions (`task` is the Label Studio task id "
+            "the item was imported with, else the item id); `argilla`: "
             "Argilla 2.x records with suggestions; `fiftyone`: FiftyOne's labels.json; `pred_probs`: cleanlab's N x K "
             "pred_probs over the dataset's classes (out-of-sample when the job ran with cross_validation.folds) with "
             "the item ids, Candor's labels and a label_quality per item; `pred_probs_npz`: the same as NumPy arrays in "
@@ -176,11 +177,23 @@ def get_labels(
         ),
     ] = "item",
     from_name: Annotated[
-        str, Query(min_length=1, max_length=200, description="`format=labelstudio`: the <Choices> name")
-    ] = "choice",
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="`format=labelstudio`: the <Choices> name (default: the one a Label Studio import recorded "
+            "with the item, else `choice`)",
+        ),
+    ] = None,
     to_name: Annotated[
-        str, Query(min_length=1, max_length=200, description="`format=labelstudio`: the <Image> name")
-    ] = "image",
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="`format=labelstudio`: the <Image> name (default: the one a Label Studio import recorded "
+            "with the item, else `image`)",
+        ),
+    ] = None,
 ):
     """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
     mass outside the candidates, flags, and the zero-shot prior's choice. Filter with `flag` and
@@ -198,7 +211,8 @@ def get_labels(
 
     def rows() -> Iterator[dict]:
         return (
-            label_row(r, votes, meta.classes) for r, votes in _rows(job.id, flag, max_confidence, order == "review")
+            label_row(r, votes, source, meta.classes)
+            for r, votes, source in _rows(job.id, flag, max_confidence, order == "review")
         )
 
     media_type, suffix = exports.FORMATS[format]

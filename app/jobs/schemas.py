@@ -138,5 +138,10 @@ class LabelRow(BaseModel):
     pred_probs_oos: list[float] | None = Field(
         None,
         description="with cross_validation.folds: the item's out-of-sample probabilities over all classes (dataset "
-        "order) from a linear probe that never saw it; null otherwise",
+        "order) from a training on the other folds, which never saw it; null otherwise",
+    )
+    source: dict[str, Any] | None = Field(
+        None,
+        description="where the item came from (a Label Studio import: `{tool, task, from_name, to_name}`); "
+        "null otherwise; not in `csv`",
     )

@@ -1,0 +1,350 @@
+"""Candor as a Label Studio ML backend: one classifier answers a Label Studio project's /setup,
+/predict and /webhook (the protocol of label-studio-ml-backend's api.py).
+
+Auth: Label Studio's ML backend connection sends HTTP basic auth; the Candor API key is the
+password (any user name). ``Authorization: Bearer <key>`` works as well.
+
+Task images: a task's data holds a URL (``/data/upload/...`` relative to Label Studio, or an
+absolute one). They are fetched with the Label Studio URL and token of the project's connection,
+which /setup stores from the connection's extra params (``{"url", "token", "train"}``) or from
+the ``hostname``/``access_token`` older Label Studio versions send. The token goes only to Label
+Studio's own origin. Every fetch connects only to addresses the webhook rules allow
+(:mod:`app.webhooks.addresses`; loopback and private ones with ``CANDOR_LABELSTUDIO_ALLOW_PRIVATE``)
+and follows no redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from urllib.parse import urljoin, urlsplit
+
+import httpcore
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.classifiers import service as classifiers
+from app.classifiers.models import ClassifierRow
+from app.core.problems import Problem, not_found
+from app.core.security import TenantRef, tenant_for_key
+from app.core.settings import get_settings
+from app.imports.labelstudio import LabelConfig, LabelConfigError, check_classes, parse_label_config
+from app.jobs import repository as jobs_repo
+from app.jobs import service as jobs
+from app.jobs.leases import LIVE
+from app.jobs.models import Job
+from app.jobs.schemas import JobCreate
+from app.labelstudio.models import LabelStudioConnection
+from app.labelstudio.schemas import (
+    LabelStudioChoicesResult,
+    LabelStudioPredictions,
+    LabelStudioPredictRequest,
+    LabelStudioSetup,
+    LabelStudioTaskPrediction,
+    LabelStudioWebhookAnswer,
+)
+from app.ml.text import show
+from app.webhooks.addresses import RefusedAddress, check_url
+from app.webhooks.delivery import GuardedBackend
+
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "START_TRAINING")
+USER_AGENT = "Candor-LabelStudio/1"
+
+
+# ---- auth ----------------------------------------------------------------------------------------
+def _unauthorized(detail: str) -> Problem:
+    p = Problem(401, "Unauthorized", detail)
+    p.headers = {"WWW-Authenticate": 'Basic realm="Candor", Bearer'}
+    return p
+
+
+def api_key(authorization: str | None) -> str:
+    """The Candor API key of a basic-auth (the password) or bearer Authorization header."""
+    if not authorization:
+        raise _unauthorized(
+            "send the Candor API key as the basic-auth password of the Label Studio connection "
+            "(or 'Authorization: Bearer <key>')"
+        )
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise _unauthorized("the basic-auth credentials are not valid base64 of user:password") from exc
+        return decoded.partition(":")[2]
+    raise _unauthorized("use basic auth (the API key as the password) or a bearer API key")
+
+
+def authenticate(session: Session, authorization: str | None) -> TenantRef:
+    key = api_key(authorization)
+    try:
+        tenant = tenant_for_key(session, key, get_settings().auth_cache_seconds)
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+    if tenant is None:
+        raise _unauthorized("unknown or revoked API key")
+    return tenant
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+def project_id(project: object) -> str | None:
+    """Label Studio's project id from its ``"<id>.<timestamp>"`` (or a bare id)."""
+    if project is None or isinstance(project, bool):
+        return None
+    text = str(project).split(".", 1)[0].strip()
+    return text[:64] or None
+
+
+def _config(text: str | None, classes: list[str], what: str) -> LabelConfig:
+    if not text:
+        raise Problem(422, "Invalid request", f"{what} is missing: send the project's labeling config")
+    try:
+        config = parse_label_config(text)
+        check_classes(config, classes)
+    except LabelConfigError as exc:
+        raise Problem(422, "Invalid label config", f"{what}: {exc} (the classifier's classes)") from exc
+    return config
+
+
+def _extra(body: LabelStudioSetup) -> dict:
+    extra = body.extra_params
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise Problem(422, "Invalid request", "extra_params is not a JSON object") from exc
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise Problem(422, "Invalid request", "extra_params is not a JSON object")
+    return extra
+
+
+def _text(value: object, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 2000:
+        raise Problem(422, "Invalid request", f"extra_params.{name} must be a string of at most 2000 characters")
+    return value
+
+
+def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: LabelStudioSetup) -> str:
+    """Check the project's labeling config against the classifier, remember the project's Label
+    Studio URL and token; the classifier's version."""
+    _, version, clf = classifiers.owned_classifier(session, tenant, classifier_id)
+    _config(body.schema_, list(clf.classes), "schema")
+    extra = _extra(body)
+    url = _text(extra.get("url") or extra.get("label_studio_url"), "url")
+    token = _text(extra.get("token") or extra.get("access_token"), "token")
+    train = extra.get("train", False)
+    if not isinstance(train, bool):
+        raise Problem(422, "Invalid request", "extra_params.train must be true or false")
+    allow_private = get_settings().labelstudio_allow_private
+    if url is not None:
+        try:
+            check_url(url, allow_private)
+        except RefusedAddress as exc:
+            raise Problem(422, "Invalid request", f"Label Studio URL {show(url, 200)}: {exc}") from exc
+    elif isinstance(body.hostname, str) and body.hostname:
+        # the hostname Label Studio sends by itself (often its default, localhost): used when allowed,
+        # never a reason to refuse the connection
+        try:
+            check_url(body.hostname, allow_private)
+            url, token = body.hostname[:2000], token or body.access_token
+        except RefusedAddress:
+            pass
+    project = project_id(body.project)
+    if project is not None:
+        conn = _connection(session, tenant, classifier_id, project)
+        if conn is None:
+            conn = LabelStudioConnection(tenant_id=tenant.id, classifier_id=classifier_id, project=project)
+            session.add(conn)
+        conn.url, conn.token, conn.train = url or conn.url, token or conn.token, train
+        session.flush()
+    session.commit()
+    return version
+
+
+def _connection(
+    session: Session, tenant: TenantRef, classifier_id: uuid.UUID, project: str | None
+) -> LabelStudioConnection | None:
+    if project is None:
+        return None
+    return session.scalar(
+        select(LabelStudioConnection).where(
+            LabelStudioConnection.tenant_id == tenant.id,
+            LabelStudioConnection.classifier_id == classifier_id,
+            LabelStudioConnection.project == project,
+        )
+    )
+
+
+# ---- task images ---------------------------------------------------------------------------------
+class FetchError(Exception):
+    """A task image that could not be fetched; the message says why in plain words."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def _request(method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
+    settings = get_settings()
+    limit = settings.labelstudio_timeout_seconds
+    timeout = {"connect": limit, "read": limit, "write": limit, "pool": limit}
+    sent = [("user-agent", USER_AGENT), *headers.items()]
+    try:
+        check_url(url, settings.labelstudio_allow_private)  # and again on the very address connected to
+        with (
+            httpcore.ConnectionPool(network_backend=GuardedBackend(settings.labelstudio_allow_private)) as pool,
+            pool.stream(method, url, headers=sent, content=body, extensions={"timeout": timeout}) as response,
+        ):
+            raw = b""
+            for chunk in response.iter_stream():
+                raw += chunk
+                if len(raw) > settings.max_image_bytes:
+                    raise FetchError(f"it is larger than {settings.max_image_bytes} bytes")
+            return response.status, raw
+    except RefusedAddress as exc:
+        raise FetchError(f"refused: {exc}") from exc
+    except httpcore.TimeoutException as exc:
+        raise FetchError(f"no answer within {limit:g} s") from exc
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
+        raise FetchError(str(exc) or type(exc).__name__) from exc
+
+
+def _auth_header(conn: LabelStudioConnection) -> dict[str, str]:
+    """Label Studio's Authorization for the connection's token: a personal access token (a JWT) is
+    exchanged for an access token first; a legacy token is sent as it is."""
+    token = conn.token or ""
+    if token.count(".") != 2:
+        return {"authorization": f"Token {token}"}
+    url = urljoin(conn.url.rstrip("/") + "/", "api/token/refresh")
+    body = json.dumps({"refresh": token}).encode()
+    status, raw = _request("POST", url, {"content-type": "application/json"}, body)
+    try:
+        access = json.loads(raw)["access"] if status == 200 else None
+    except (ValueError, KeyError, TypeError):
+        access = None
+    if not isinstance(access, str):
+        raise FetchError(f"Label Studio refused the connection's personal access token (HTTP {status})")
+    return {"authorization": f"Bearer {access}"}
+
+
+class ImageFetcher:
+    """Fetches the task images of one /predict call, with the connection's URL and token."""
+
+    def __init__(self, conn: LabelStudioConnection | None):
+        self.conn = conn if conn is not None and conn.url else None
+        self._auth: dict[str, str] | None = None
+
+    def __call__(self, ref: str) -> bytes:
+        if ref.startswith("data:"):
+            head, _, payload = ref.partition(",")
+            if not head.endswith(";base64"):
+                raise FetchError("a data: URL must be base64")
+            try:
+                return base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise FetchError("its data: URL is not valid base64") from exc
+        parts = urlsplit(ref)
+        if not parts.scheme:
+            if self.conn is None:
+                raise FetchError(
+                    "it is relative to Label Studio, whose URL Candor does not know: set the connection's extra "
+                    'params to {"url": LABEL_STUDIO_URL, "token": TOKEN} and save it again'
+                )
+            ref = urljoin(self.conn.url.rstrip("/") + "/", ref.lstrip("/"))
+        elif parts.scheme not in ("http", "https"):
+            raise FetchError("only http(s), data: and Label Studio URLs are read")
+        headers: dict[str, str] = {}
+        if self.conn is not None and self.conn.token and _origin(ref) == _origin(self.conn.url):
+            if self._auth is None:
+                self._auth = _auth_header(self.conn)
+            headers = self._auth
+        status, raw = _request("GET", ref, headers)
+        if status != 200:
+            raise FetchError(f"HTTP {status}" + (" (check the connection's token)" if status in (401, 403) else ""))
+        return raw
+
+
+# ---- predict -------------------------------------------------------------------------------------
+def predict(
+    session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: LabelStudioPredictRequest
+) -> LabelStudioPredictions:
+    """One prediction per task: the classifier's choice among the config's choices."""
+    _, version, clf = classifiers.owned_classifier(session, tenant, classifier_id)
+    config = _config(body.label_config, list(clf.classes), "label_config")
+    conn = _connection(session, tenant, classifier_id, project_id(body.project))
+    session.commit()  # no transaction stays open while images are fetched
+    fetch = ImageFetcher(conn)
+    blobs = []
+    for n, task in enumerate(body.tasks):
+        tid = task.get("id")
+        name = f"task {tid}" if isinstance(tid, int) and not isinstance(tid, bool) else f"task {n} of the request"
+        data = task.get("data")
+        ref = data.get(config.data_key) if isinstance(data, dict) else None
+        if not isinstance(ref, str) or not ref:
+            raise Problem(422, "Invalid task", f"{name}: its data has no {show(config.data_key)} image URL")
+        try:
+            blobs.append(fetch(ref))
+        except FetchError as exc:
+            raise Problem(422, "Task image not fetched", f"{name}: image {show(ref, 200)}: {exc}") from exc
+    if not blobs:
+        return LabelStudioPredictions(results=[])
+    answer = classifiers.predict(session, tenant, classifier_id, blobs, 1, list(config.choices))
+    return LabelStudioPredictions(
+        results=[
+            LabelStudioTaskPrediction(
+                result=[
+                    LabelStudioChoicesResult(
+                        from_name=config.from_name, to_name=config.to_name, value={"choices": [p.top[0].label]}
+                    )
+                ],
+                score=p.top[0].p,
+                model_version=version,
+            )
+            for p in answer.predictions
+        ]
+    )
+
+
+# ---- webhook -------------------------------------------------------------------------------------
+def webhook(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: dict) -> LabelStudioWebhookAnswer:
+    """An annotation event of a project whose connection has ``train`` on starts a new job on the
+    classifier's dataset with the classifier's job config (not when one is queued or running)."""
+    action = body.get("action")
+    if action not in TRAIN_EVENTS:
+        return LabelStudioWebhookAnswer(status="Unknown event")
+    row = classifiers.require_classifier(session, tenant, classifier_id)
+    project = body.get("project")
+    project = project.get("id") if isinstance(project, dict) else project
+    conn = _connection(session, tenant, classifier_id, project_id(project))
+    if conn is None or not conn.train:
+        session.commit()
+        return LabelStudioWebhookAnswer(status="ok")
+    live = jobs_repo.live_jobs(session, row.dataset_id, LIVE)
+    if live:
+        session.commit()
+        return LabelStudioWebhookAnswer(status="ok", job_id=str(live[0]))
+    config = session.scalar(select(Job.config).where(Job.id == row.job_id))
+    job = jobs.create_job(session, tenant, JobCreate(dataset_id=row.dataset_id, config=config or {}))
+    session.commit()
+    return LabelStudioWebhookAnswer(status="ok", job_id=str(job.id))
+
+
+def model_version(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> str:
+    row = session.scalar(
+        select(ClassifierRow.version).where(ClassifierRow.id == classifier_id, ClassifierRow.tenant_id == tenant.id)
+    )
+    session.commit()
+    if row is None:
+        raise not_found("classifier", classifier_id)
+    return row
