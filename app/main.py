@@ -15,6 +15,7 @@ from app.core.limits import RequestGuard
 from app.core.settings import get_settings
 from app.datasets.routes import router as datasets_router
 from app.jobs.routes import router as jobs_router
+from app.review.routes import router as review_router
 from app.webhooks.routes import router as webhooks_router
 
 DESCRIPTION = """Clean image annotations given as candidate label sets.
@@ -62,6 +63,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(review_router)
     app.include_router(classifiers_router)
     app.include_router(webhooks_router)
     return app

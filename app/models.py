@@ -4,6 +4,7 @@ from app.classifiers.models import ClassifierRow
 from app.core.db import Base
 from app.datasets.models import Dataset, ImageBlob, Item
 from app.jobs.models import FeatureRow, Job, JobChunk, JobResult
+from app.review.models import Review
 from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -19,6 +20,7 @@ __all__ = [
     "Job",
     "JobChunk",
     "JobResult",
+    "Review",
     "Tenant",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -127,3 +127,6 @@ class LabelRow(BaseModel):
         "in `csv` a JSON object annotator: label"
     )
     agreed: list[str] = Field(description="the annotators whose label is `label`; in `csv` a JSON list")
+    reviewed: bool = Field(False, description="a person has decided on this item (the latest decision counts)")
+    reviewed_label: str | None = Field(None, description="the class the reviewer chose; null when not reviewed")
+    reviewed_none_of_these: bool = Field(False, description="the reviewer said the item is none of its candidates")
