@@ -187,7 +187,7 @@ def review_page(request: Request, db: DbDep, job_id: str, pos: int = 0, done: st
         )
     item = service.review_item(db, job, min(max(pos, 0), 10**9))
     db.commit()
-    return _page(request, "review.html", ui=ui, job=job, item=item, done=(done or "")[:255], none=NONE)
+    return _page(request, "review.html", ui=ui, job=job, item=item, done=(done or "")[:255], none_choice=NONE)
 
 
 @router.post("/jobs/{job_id}/review", response_class=HTMLResponse)

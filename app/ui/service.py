@@ -42,7 +42,7 @@ def datasets(session: Session, tenant: TenantRef, limit: int = 50) -> list[dict]
             {
                 "id": ds.id,
                 "name": ds.name,
-                "items": count,
+                "item_count": count,
                 "classes": len(classes),
                 "mean_set": total / count if count else 0.0,
                 "class_chart": charts.bars(
@@ -87,7 +87,7 @@ def report(session: Session, job: Job) -> dict:
             trust_labels.append(label)
             trust_values.append(round(float(source[key]), 4))
     return {
-        "items": len(rows),
+        "item_count": len(rows),
         "ambiguous": sum(r.ambiguous for r in rows),
         "suspect": sum(r.candidates_suspect for r in rows),
         "confidence": charts.histogram([r.confidence for r in rows], "confidence of the chosen labels"),
