@@ -35,7 +35,8 @@ class ReviewOut(BaseModel):
     created_at: datetime
 
 
-ReviewPage = Page[ReviewOut]
+class ReviewPage(Page[ReviewOut]):
+    """A page of the audit trail."""
 
 
 class QueueItem(BaseModel):
