@@ -229,3 +229,27 @@ def test_forms_without_the_csrf_token_are_refused_and_store_nothing(trained):
     r = ui.post(f"/ui/jobs/{trained.job_id}/review", data={"item_id": item, "choice": "trouser", "csrf": good})
     assert r.status_code == 303
     assert review_count() == before + 1
+
+
+def test_the_benefit_weighs_the_chance_of_a_wrong_label_by_the_pairs_confusion_and_adds_suspect_mass():
+    from app.ml.review import ReviewRow, pair_confusion, review_order
+
+    def row(label, other, p, suspect=False, outside=0.0):
+        return ReviewRow(label, p, {label: p, other: round(1 - p, 6)}, round(2 * p - 1, 6), outside, suspect)
+
+    rows = [
+        row("coat", "shirt", 0.6),  # 0: a pair that confuses often
+        row("coat", "shirt", 0.7),  # 1
+        row("coat", "shirt", 0.65),  # 2
+        row("bag", "sandal", 0.6),  # 3: as unsure as 0, on a pair seen once
+        row("bag", "sandal", 0.95, suspect=True, outside=0.9),  # 4: a suspect set
+        ReviewRow("boot", 1.0, {"boot": 1.0}, 1.0, 0.0, False),  # 5: nothing to resolve
+    ]
+    confusion = pair_confusion(rows)
+    assert confusion[frozenset(("coat", "shirt"))] == 1.0
+    assert 0 < confusion[frozenset(("bag", "sandal"))] < 1
+    order = review_order(rows)
+    ranked = [i for i, _ in order]
+    assert ranked.index(4) == 0  # outside mass 0.9 outweighs any doubt inside a set
+    assert ranked.index(0) < ranked.index(3)  # same confidence, the more confused pair first
+    assert ranked[-1] == 5 and order[-1][1] == 0.0
