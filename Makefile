@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services compose-cli test lint demo bench-speed bench-service bench-load e2e-labelstudio clean
+.PHONY: install data services compose-cli browser test lint demo bench-speed bench-service bench-load e2e-labelstudio clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,11 +33,15 @@ services:
 compose-cli:
 	command -v docker-compose >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose; }
 
+# Debian's chromium and its WebDriver: tests/test_ui_browser.py drives the web UI in them (Selenium).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install data services compose-cli lint
+test: install data services compose-cli browser lint
 	$(PY) -m pytest
 
 demo: install data

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from app import docs, health, openapi
 from app.classifiers.routes import router as classifiers_router
@@ -16,6 +17,9 @@ from app.core.settings import get_settings
 from app.datasets.routes import router as datasets_router
 from app.jobs.routes import router as jobs_router
 from app.labelstudio.routes import router as labelstudio_router
+from app.review.routes import router as review_router
+from app.ui.routes import STATIC as UI_STATIC
+from app.ui.routes import router as ui_router
 from app.webhooks.routes import router as webhooks_router
 
 DESCRIPTION = """Clean image annotations given as candidate label sets.
@@ -63,7 +67,10 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets_router)
     app.include_router(jobs_router)
+    app.include_router(review_router)
     app.include_router(classifiers_router)
     app.include_router(webhooks_router)
     app.include_router(labelstudio_router)
+    app.include_router(ui_router)  # the web UI at /ui/ (not in the OpenAPI document)
+    app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     return app

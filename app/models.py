@@ -5,6 +5,7 @@ from app.core.db import Base
 from app.datasets.models import Dataset, ImageBlob, Item
 from app.jobs.models import FeatureRow, Job, JobChunk, JobResult
 from app.labelstudio.models import LabelStudioConnection
+from app.review.models import Review
 from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -21,6 +22,7 @@ __all__ = [
     "JobChunk",
     "JobResult",
     "LabelStudioConnection",
+    "Review",
     "Tenant",
     "WebhookAttempt",
     "WebhookDelivery",

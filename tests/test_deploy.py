@@ -175,6 +175,10 @@ def test_the_wheel_migrates_and_serves_from_a_fresh_environment(tmp_path):
         assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
         r = httpx.get(f"{server.base}/v1/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert r.status_code == 200, r.text
+        # the web UI's templates and static files ship inside the wheel
+        page = httpx.get(f"{server.base}/ui/login", timeout=10)
+        assert page.status_code == 200 and 'id="key"' in page.text, page.text
+        assert httpx.get(f"{server.base}/ui/static/review.js", timeout=10).status_code == 200
 
         # The image's HEALTHCHECK command, aimed at this server: exit 0 while ready, non-zero once it is gone.
         check = [str(vpy) if a == "python" else a.replace(":8000/", f":{port}/") for a in dockerfile_healthcheck()]

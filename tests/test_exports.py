@@ -226,7 +226,7 @@ def test_jsonl_and_csv_still_come_from_the_same_rows(api):
     assert r.headers["content-type"].startswith("text/csv")
     assert r.text.splitlines()[0] == (
         "id,label,confidence,margin,outside_mass,ambiguous,candidates_suspect,prior_label,label_quality,posterior,"
-        "annotations,agreed"
+        "annotations,agreed,reviewed,reviewed_label,reviewed_none_of_these"
     )
 
 

@@ -23,6 +23,13 @@ class TenantRef:
 
     id: uuid.UUID
     name: str
+    key_id: uuid.UUID | None = None  # the API key the request came with (reviews name their reviewer by it)
+    key_prefix: str | None = None
+
+    @property
+    def reviewer(self) -> str:
+        """Who made a decision, as the audit trail shows it: ``<tenant>/<key prefix>``."""
+        return f"{self.name}/{self.key_prefix}" if self.key_prefix else self.name
 
 
 def hash_key(key: str) -> bytes:
@@ -79,12 +86,12 @@ def tenant_for_key(session: Session, key: str, ttl: float = 0.0) -> TenantRef | 
     if cached is not None:
         return cached
     row = session.execute(
-        select(Tenant.id, Tenant.name)
+        select(Tenant.id, Tenant.name, ApiKey.id, ApiKey.prefix)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
-    tenant = TenantRef(id=row[0], name=row[1])
+    tenant = TenantRef(id=row[0], name=row[1], key_id=row[2], key_prefix=row[3])
     key_cache.put(digest, tenant, ttl)
     return tenant

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         description="verified API keys are trusted this long; a classifier cached for /predict is looked up again "
         "after this long, so one deleted through another process stops answering within it",
     )
+    ui_secret: str = Field(
+        "",
+        description="key that signs the web UI's session cookies and CSRF tokens; empty: a random key per process "
+        "(sessions end when the process restarts; set it when several API processes serve /ui/)",
+    )
+    ui_cookie_secure: bool = Field(False, description="mark the web UI's session cookie Secure (serve it over HTTPS)")
+    ui_session_hours: float = Field(12.0, gt=0, description="how long a web UI sign-in lasts")
     progress_interval: float = Field(1.0, ge=0.0, description="seconds between progress/cancel checks in training")
     checkpoint_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

@@ -33,6 +33,7 @@ SCALARS = (
     "label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label", "label_quality"
 )  # fmt: skip
 CSV_FIELDS = ("id", *SCALARS)
+REVIEW_FIELDS = ("reviewed", "reviewed_label", "reviewed_none_of_these")  # a person's latest decision
 AGENT = "candor"
 
 
@@ -69,10 +70,11 @@ def write_jsonl(rows: Iterable[dict], f) -> None:
 
 def csv_rows(rows: Iterable[dict], flush_at: int = 1 << 16) -> Iterator[bytes]:
     """A header, then a row per item; the posterior, the annotations (annotator: label) and the
-    agreeing annotators as JSON in the last three columns."""
+    agreeing annotators as JSON, then the review columns (``reviewed``, ``reviewed_label``,
+    ``reviewed_none_of_these``)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*CSV_FIELDS, "posterior", "annotations", "agreed"])
+    writer.writerow([*CSV_FIELDS, "posterior", "annotations", "agreed", *REVIEW_FIELDS])
     for row in rows:
         compact = {a["annotator"]: a["label"] for a in row.get("annotations") or ()}
         writer.writerow(
@@ -81,6 +83,9 @@ def csv_rows(rows: Iterable[dict], flush_at: int = 1 << 16) -> Iterator[bytes]:
                 json.dumps(row["posterior"]),
                 json.dumps(compact),
                 json.dumps(row.get("agreed", [])),
+                bool(row.get("reviewed", False)),
+                row.get("reviewed_label"),
+                bool(row.get("reviewed_none_of_these", False)),
             ]
         )
         if buf.tell() > flush_at:
@@ -109,6 +114,9 @@ def _flags_meta(row: dict) -> dict:
         "prior_label": row.get("prior_label"),
         "posterior": row["posterior"],
         "agreed": row.get("agreed", []),
+        "reviewed": row.get("reviewed", False),
+        "reviewed_label": row.get("reviewed_label"),
+        "reviewed_none_of_these": row.get("reviewed_none_of_these", False),
     }
 
 

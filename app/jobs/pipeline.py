@@ -38,6 +38,7 @@ from app.ml.crossval import out_of_sample
 from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
+from app.review.service import reviewed_candidates
 
 log = logging.getLogger("candor.pipeline")
 
@@ -292,10 +293,11 @@ def train_job(jid: uuid.UUID) -> None:
         cfg = CleanConfig.model_validate(job.config)
         dataset = session.get(Dataset, job.dataset_id)
         classes = list(dataset.classes)
-        items = [
-            (i.seq, i.external_id, i.image_sha256, list(i.candidates))
-            for i in datasets_repo.dataset_items(session, job.dataset_id, job.item_seq_max)
-        ]
+        rows = datasets_repo.dataset_items(session, job.dataset_id, job.item_seq_max)
+        # decisions made before the job was created: a reviewed class is a set of one, "none of
+        # these" leaves the classes outside the set
+        reviewed = reviewed_candidates(session, job.dataset_id, classes, rows, job.created_at)
+        items = [(i.seq, i.external_id, i.image_sha256, reviewed.get(i.seq, list(i.candidates))) for i in rows]
         blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
         resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
         tenant_id, dataset_id = job.tenant_id, job.dataset_id

@@ -22,6 +22,8 @@ from app.jobs.models import JobResult, result_dict
 from app.jobs.schemas import JobCreate, JobOut, JobPage, JobSummary, LabelRow
 from app.ml.votes import agreed
 from app.openapi import register
+from app.review import repository as review_repo
+from app.review.models import Review
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PROBLEM = {"content": {"application/problem+json": {}}}
@@ -83,18 +85,22 @@ Flag = Literal["ambiguous", "candidates_suspect"]
 
 
 def _rows(
-    job_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool
-) -> Iterator[tuple[JobResult, list | None, dict | None]]:
+    job_id: uuid.UUID, dataset_id: uuid.UUID, flag: Flag | None, max_confidence: float | None, review: bool
+) -> Iterator[tuple[JobResult, list | None, dict | None, tuple | None]]:
     """A finished job's results, filtered, in item order (or review order), fetched a page at a
     time, each page in a short transaction of its own: no connection is held while the client
     reads (at its own pace). Pages follow the order's key, so none is skipped or repeated. Each
-    result comes with its item's annotations and source."""
+    result comes with its item's annotations, its source and its latest review (label, none of
+    these), if any."""
     # review order: flagged rows (ambiguous or candidates suspect) first, then lowest margin first
     rank = case((JobResult.ambiguous | JobResult.candidates_suspect, 0), else_=1)
     key = (rank, JobResult.margin, JobResult.item_seq) if review else (JobResult.item_seq,)
+    latest = review_repo.latest_ids(dataset_id).subquery()
     stmt = (
-        select(JobResult, Item.annotations, Item.source, *key[:-1])
+        select(JobResult, Item.annotations, Item.source, Review.id, Review.label, Review.none_of_these, *key[:-1])
         .outerjoin(Item, Item.seq == JobResult.item_seq)
+        .outerjoin(latest, latest.c.item_seq == JobResult.item_seq)
+        .outerjoin(Review, Review.id == latest.c.review_id)
         .where(JobResult.job_id == job_id)
     )
     if flag is not None:
@@ -108,20 +114,32 @@ def _rows(
         with get_sessionmaker()() as session:
             rows = session.execute(page).all()
         for row in rows:
-            yield row[0], row[1], row[2]
+            yield row[0], row[1], row[2], (None if row[3] is None else (row[4], row[5]))
         if len(rows) < LABEL_PAGE:
             return
         last = rows[-1]
-        after = (*last[3:], last[0].item_seq)
+        after = (*last[6:], last[0].item_seq)
 
 
-def label_row(result: JobResult, annotations: list | None, source: dict | None, classes: tuple[str, ...]) -> dict:
+def label_row(
+    result: JobResult,
+    annotations: list | None,
+    source: dict | None,
+    review: tuple | None,
+    classes: tuple[str, ...],
+) -> dict:
     """A LabelRow: the stored result with its item's annotations, the annotators who agree, where
-    the item came from (its source, null unless a reader recorded one) and the label's quality score
-    (cleanlab's self-confidence; out-of-sample when the job has k-fold pred_probs)."""
+    the item came from (its source, null unless a reader recorded one), a person's latest decision
+    on the item, if any, and the label's quality score (cleanlab's self-confidence; out-of-sample
+    when the job has k-fold pred_probs)."""
     votes = [{"ground_truth": False} | a for a in annotations or ()]
+    decided = {
+        "reviewed": review is not None,
+        "reviewed_label": None if review is None else review[0],
+        "reviewed_none_of_these": False if review is None else bool(review[1]),
+    }
     row = result_dict(result) | {"annotations": votes, "agreed": agreed(votes, result.label), "source": source}
-    return exports.with_quality(row, classes)
+    return exports.with_quality(row | decided, classes)
 
 
 LABELS_OK = {
@@ -211,8 +229,8 @@ def get_labels(
 
     def rows() -> Iterator[dict]:
         return (
-            label_row(r, votes, source, meta.classes)
-            for r, votes, source in _rows(job.id, flag, max_confidence, order == "review")
+            label_row(r, votes, source, review, meta.classes)
+            for r, votes, source, review in _rows(job.id, job.dataset_id, flag, max_confidence, order == "review")
         )
 
     media_type, suffix = exports.FORMATS[format]

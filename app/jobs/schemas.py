@@ -145,3 +145,6 @@ class LabelRow(BaseModel):
         description="where the item came from (a Label Studio import: `{tool, task, from_name, to_name}`); "
         "null otherwise; not in `csv`",
     )
+    reviewed: bool = Field(False, description="a person has decided on this item (the latest decision counts)")
+    reviewed_label: str | None = Field(None, description="the class the reviewer chose; null when not reviewed")
+    reviewed_none_of_these: bool = Field(False, description="the reviewer said the item is none of its candidates")
