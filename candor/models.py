@@ -203,6 +203,16 @@ class LabelRow(Model):
     agreed: list[str] = []
 
 
+class Annotator(Model):
+    """What a job estimated about one annotator: items labelled, accuracy, and the confusion
+    {true class: {given label: probability}}."""
+
+    annotator: str
+    items: int
+    accuracy: float
+    confusion: dict[str, dict[str, float]] = {}
+
+
 # ---- classifiers ---------------------------------------------------------------------------------
 class ClassifierSummary(Bound):
     id: uuid.UUID

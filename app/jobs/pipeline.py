@@ -32,8 +32,9 @@ from app.datasets.models import Dataset
 from app.jobs import dispatch, leases, states
 from app.jobs import repository as repo
 from app.jobs.leases import Heartbeat, LeaseLost
-from app.jobs.models import Job, JobChunk, JobResult, result_row
+from app.jobs.models import Job, JobAnnotator, JobChunk, JobResult, result_row
 from app.ml.config import CleanConfig
+from app.ml.crowd import Votes
 from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
@@ -287,18 +288,19 @@ def train_job(jid: uuid.UUID) -> None:
         cfg = CleanConfig.model_validate(job.config)
         dataset = session.get(Dataset, job.dataset_id)
         classes = list(dataset.classes)
-        items = [
-            (i.seq, i.external_id, i.image_sha256, list(i.candidates))
-            for i in datasets_repo.dataset_items(session, job.dataset_id, job.item_seq_max)
-        ]
+        rows = datasets_repo.dataset_items(session, job.dataset_id, job.item_seq_max)
+        items = [(i.seq, i.external_id, i.image_sha256, list(i.candidates)) for i in rows]
+        annotations = [i.annotations for i in rows]
         blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
         resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
         tenant_id, dataset_id = job.tenant_id, job.dataset_id
     with Heartbeat(jid, owner) as lease:  # from the claim on: loading the backbone may take a while
-        _train(jid, lease, cfg, classes, items, resume, tenant_id, dataset_id)
+        _train(jid, lease, cfg, classes, items, resume, tenant_id, dataset_id, annotations)
 
 
-def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, resume, tenant_id, dataset_id) -> None:
+def _train(
+    jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, resume, tenant_id, dataset_id, annotations
+) -> None:
     backbone = get_backbone(cfg.backbone)
     store = repo.DbFeatureStore(get_sessionmaker(), tenant_id)
     hashes = [sha for _, _, sha, _ in items]
@@ -320,6 +322,7 @@ def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, r
         cfg,
         hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
         resume=resume,
+        votes=Votes.from_annotations(annotations, index),
     )
     out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
     retry_db(lambda: _store(jid, lease.owner, tenant_id, dataset_id, classes, items, out), what=f"job {jid}: results")
@@ -338,6 +341,11 @@ def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str]
             JobResult.__table__.insert(),
             [result_row(jid, seq, r) for (seq, _, _, _), r in zip(items, out.items, strict=True)],
         )
+        if out.train.votes is not None:
+            session.execute(
+                JobAnnotator.__table__.insert(),
+                [{"job_id": jid} | {k: v for k, v in a.to_dict(classes).items()} for a in out.train.votes.annotators],
+            )
         session.add(
             ClassifierRow(
                 tenant_id=tenant_id,
