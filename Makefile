@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services compose-cli test lint demo bench-speed bench-service bench-load clean
+.PHONY: install data services compose-cli test lint demo demo-crowd bench-speed bench-service bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ test: install data services compose-cli lint
 
 demo: install data
 	$(PY) -m app.demo
+
+demo-crowd: install data  # the same, on annotators' votes: the job models the annotators
+	$(PY) -m app.demo --crowd --dir build/demo-crowd
 
 bench-speed: install
 	$(PY) bench/speed.py

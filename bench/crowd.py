@@ -5,7 +5,7 @@ Fashion-MNIST (Debian `dataset-fashion-mnist`) training items with simulated ann
 bench/quality.py: the items are the same prefix of the same fixed draw; the official test split is
 held out and used only for the classifier's test accuracy).
 
-Simulated annotators (``simulate``): a pool of 20. 18 have accuracies spread evenly over
+Simulated annotators (``app.ml.datasets.simulate_annotators``): a pool of 20. 18 have accuracies spread evenly over
 0.55-0.85 (shuffled per seed); 2 are spammers who answer uniformly at random. A wrong answer stays
 within the true class's confusable group with probability 0.8 (T-shirt/top, pullover, coat,
 shirt, dress; sandal, sneaker, ankle boot), each annotator preferring some group members over
@@ -53,47 +53,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from app.ml.backbones import load_backbone  # noqa: E402
 from app.ml.config import CleanConfig  # noqa: E402
 from app.ml.crowd import Votes  # noqa: E402
-from app.ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
+from app.ml.datasets import FASHION_MNIST_CLASSES, N_ANNOTATORS, load_fashion_mnist  # noqa: E402
+from app.ml.datasets import simulate_annotators as simulate  # noqa: E402
 from app.ml.engine import outputs  # noqa: E402
 from app.ml.features import SqliteFeatureStore, featurize  # noqa: E402
 from app.ml.trainer import train  # noqa: E402
 
 K = len(FASHION_MNIST_CLASSES)
-GROUPS = [[0, 2, 4, 6, 3], [5, 7, 9], [8], [1]]  # T-shirt, pullover, coat, shirt, dress; sandal, sneaker, boot
-N_ANNOTATORS, N_SPAMMERS, IN_GROUP = 20, 2, 0.8
 PEERS = ["majority vote", "Dawid-Skene", "GLAD", "MACE", "One-Coin Dawid-Skene", "CROWDLAB"]
 UNION_ROW, DEFAULT_ROW = "Candor union-only (no votes)", "Candor default (votes)"
-
-
-def simulate(labels: np.ndarray, regime: str, seed: int) -> tuple[list[tuple[int, int, int]], np.ndarray]:
-    """Votes (item, annotator, label) and each annotator's accuracy parameter (0.1 for spammers)."""
-    rng = np.random.default_rng(1000 + seed)
-    n = len(labels)
-    acc = np.concatenate(
-        [rng.permutation(np.linspace(0.55, 0.85, N_ANNOTATORS - N_SPAMMERS)), np.full(N_SPAMMERS, -1.0)]
-    )
-    acc = acc[rng.permutation(N_ANNOTATORS)]
-    group_of = {c: g for g in GROUPS for c in g}
-    prefs = rng.dirichlet(np.ones(K), size=N_ANNOTATORS)  # within-group preferences per annotator
-    per_item = np.full(n, 3) if regime == "dense" else np.where(rng.permutation(n) < n // 2, 1, 3)
-    votes = []
-    for i in range(n):
-        y = int(labels[i])
-        for j in rng.choice(N_ANNOTATORS, per_item[i], replace=False):
-            a = acc[j]
-            if a < 0:  # spammer
-                lab = int(rng.integers(K))
-            elif rng.random() < a:
-                lab = y
-            else:
-                mates = [c for c in group_of[y] if c != y]
-                if mates and rng.random() < IN_GROUP:
-                    w = prefs[j, mates] / prefs[j, mates].sum()
-                    lab = int(rng.choice(mates, p=w))
-                else:
-                    lab = int(rng.choice([c for c in range(K) if c != y]))
-            votes.append((i, int(j), lab))
-    return votes, np.where(acc < 0, 1.0 / K, acc)
 
 
 def true_accuracy(votes, labels) -> np.ndarray:
@@ -121,7 +89,7 @@ def probas_matrix(probas, n: int) -> np.ndarray:
     return out
 
 
-def run_peers(votes, n: int, features: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+def run_peers(votes, n: int, features: np.ndarray, seed: int, mace_restarts: int = 10) -> dict:
     """Per peer: (consensus label (N,), estimated annotator accuracies (J,), seconds)."""
     import pandas as pd
     from crowdkit.aggregation import GLAD, MACE, DawidSkene, MajorityVote, OneCoinDawidSkene
@@ -132,7 +100,7 @@ def run_peers(votes, n: int, features: np.ndarray, seed: int) -> dict[str, tuple
         ("majority vote", MajorityVote),
         ("Dawid-Skene", lambda: DawidSkene(n_iter=100)),
         ("GLAD", GLAD),
-        ("MACE", lambda: MACE(random_state=seed)),
+        ("MACE", lambda: MACE(n_restarts=mace_restarts, random_state=seed)),
         ("One-Coin Dawid-Skene", lambda: OneCoinDawidSkene(n_iter=100)),
     ]:
         t = time.time()
@@ -271,6 +239,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, help="prompt training epochs (default 5; --quick 3)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--n-ctx", type=int, default=4)
+    ap.add_argument("--mace-restarts", type=int, default=10, help="MACE's random restarts (crowd-kit's default: 10)")
     ap.add_argument("--no-union", action="store_true", help="skip the union-only row (one prompt training less)")
     ap.add_argument("--cache", default="build/quality/features.sqlite")
     ap.add_argument("--out", default="build/crowd")
@@ -313,7 +282,7 @@ def main() -> int:
             truth = true_accuracy(votes, y)
             print(f"{regime} seed {seed}: {len(votes)} votes", flush=True)
             row = {}
-            for name, (label, est, secs) in run_peers(votes, n, f_train.numpy(), seed).items():
+            for name, (label, est, secs) in run_peers(votes, n, f_train.numpy(), seed, args.mace_restarts).items():
                 row[name] = {
                     "acc": float((label == y).mean()),
                     "mae": float(np.nanmean(np.abs(est - truth))),

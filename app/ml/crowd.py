@@ -16,10 +16,14 @@ Given the items' votes (annotator j said label l for item i) and the items' cach
 * **M-step, model** (``model = "adapter"``): a linear softmax head on the cached image features
   (the residual adapter of CLIP-Adapter without a backbone to adapt) fitted to q by L2-regularised
   soft cross-entropy, **out of fold**: item i's p_model comes from a head that never saw item i's
-  votes, so the votes are not counted twice. ``model = "none"`` is Dawid-Skene with this
-  smoothing: p_model is the class prior.
+  votes, so the votes are not counted twice. The held-out logits are then scaled by the factor
+  (0-1.5) that best predicts q (:func:`calibrate`): an overconfident head on few items is
+  flattened, a head on features that carry nothing goes to 0 (plain Dawid-Skene).
+  ``model = "none"`` is Dawid-Skene with this smoothing: p_model is the class prior.
 
-The loop starts from the vote shares (majority vote, soft). Pure: torch only.
+The loop starts from the vote shares (majority vote, soft); with the adapter, the first round
+estimates the annotators against the head's held-out posterior rather than against their own
+votes, so that items with a single vote do not make every annotator look perfect. Pure: torch only.
 """
 
 from __future__ import annotations
@@ -192,15 +196,33 @@ def fit_head(
 def out_of_fold(
     x: torch.Tensor, target: torch.Tensor, folds: int, l2: float, steps: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """(N, K) log-posterior of each item from a head fitted on the other folds."""
+    """(N, K) logits of each item from a head fitted on the other folds."""
     n = x.shape[0]
     fold = torch.randperm(n, generator=generator) % folds
     out = torch.zeros(n, target.shape[1], dtype=x.dtype)
     for f in range(folds):
         held = fold == f
+        if bool(held.all()) or not bool(held.any()):
+            continue
         w, b = fit_head(x[~held], target[~held], l2, steps)
-        out[held] = F.log_softmax(x[held] @ w + b, dim=1)
+        out[held] = x[held] @ w + b
     return out
+
+
+TEMPERATURES = tuple(t / 20 for t in range(0, 31))  # 0, 0.05, ..., 1.5
+
+
+def calibrate(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The out-of-fold logits scaled by the factor in :data:`TEMPERATURES` under which they best
+    predict the current posterior (expected log-likelihood), as log-probabilities. A head that
+    overfits (few items, features that do not carry the class) is flattened, down to no
+    information at all (0) where its held-out guesses are no better than uniform."""
+    best, best_tau = None, 0.0
+    for tau in TEMPERATURES:
+        ll = float((target * F.log_softmax(tau * logits, dim=1)).sum())
+        if best is None or ll > best + 1e-9:
+            best, best_tau = ll, tau
+    return F.log_softmax(best_tau * logits, dim=1), best_tau
 
 
 def fit_votes(
@@ -234,18 +256,22 @@ def fit_votes(
     model_logp = torch.full_like(q, -math.log(k))
     history = []
     for r in range(rounds):
-        confusion = estimate_confusions(q, votes, smoothing)
+        tau = None
         if model == "adapter":
-            model_logp = out_of_fold(x, q, folds, l2, steps, gen)
+            model_logp, tau = calibrate(out_of_fold(x, q, folds, l2, steps, gen), q)
         else:
             model_logp = q.mean(dim=0).clamp_min(EPS).log().expand_as(q).clone()
+        # The first round judges the annotators against the model's held-out view, not against
+        # their own votes (which would make every lone vote look right).
+        confusion = estimate_confusions(q if r or model != "adapter" else _clamp_truth(model_logp.exp(), votes),
+                                        votes, smoothing)  # fmt: skip
         logq = model_logp + vote_loglik(confusion, votes)
         if candidates is not None:
             logq[~voted] = logq[~voted].masked_fill(candidates[~voted] <= 0, float("-inf"))
         new_q = _clamp_truth(torch.softmax(logq, dim=1), votes)
         change = float((new_q.argmax(dim=1) != q.argmax(dim=1)).double().mean())
         q = new_q
-        history.append({"round": r + 1, "changed": round(change, 5)})
+        history.append({"round": r + 1, "changed": round(change, 5)} | ({} if tau is None else {"model_scale": tau}))
     confusion = estimate_confusions(q, votes, smoothing)
     stats = annotator_stats(q, confusion, votes)
     return VotesResult(
