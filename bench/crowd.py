@@ -164,7 +164,9 @@ def run_candor(backbone, f_train, f_test, y_test, votes, n: int, cfg: CleanConfi
     res = train(backbone, FASHION_MNIST_CLASSES, f_train, mask, cfg, votes=v)
     out = outputs(backbone, [str(i) for i in range(n)], FASHION_MNIST_CLASSES, mask, cfg, res)
     label = np.array([index[r.label] for r in out.items])
-    test = float((out.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
+    test = float("nan")
+    if len(y_test):
+        test = float((out.classifier.probabilities(f_test).argmax(dim=1) == y_test).float().mean())
     est = None
     if res.votes is not None:
         est = np.full(N_ANNOTATORS, np.nan)
@@ -233,7 +235,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, help="items (default 10,000; --quick 2,000)")
-    ap.add_argument("--n-test", type=int, default=1000, help="test images for the classifier's accuracy")
+    ap.add_argument(
+        "--n-test", type=int, default=1000, help="test images for the classifier's accuracy (0: not measured)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--regimes", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"])
     ap.add_argument("--epochs", type=int, help="prompt training epochs (default 5; --quick 3)")
@@ -246,12 +250,22 @@ def main() -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--write", action="store_true", help="put the tables into docs/results.md")
     ap.add_argument("--features-only", action="store_true")
+    ap.add_argument(
+        "--tables-only", action="store_true", help="the tables (and --write) from OUT/results.json, without running"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or (2000 if args.quick else 10000)
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     epochs = args.epochs or (3 if args.quick else 5)
+    out = Path(args.out)
+    if args.tables_only:
+        raw = json.loads((out / "results.json").read_text())
+        results = {r: {int(s): row for s, row in raw.get(r, {}).items()} for r in args.regimes}
+        seeds = sorted({s for r in results.values() for s in r})
+        finish(results, args, n, seeds, epochs)
+        return 0
     backbone = load_backbone("offline")
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     store = SqliteFeatureStore(Path(args.cache))
@@ -263,7 +277,9 @@ def main() -> int:
     tpick = np.random.default_rng(1).choice(len(te_lab), len(te_lab), replace=False)[: args.n_test]
     t0 = time.time()
     f_train = featurize(backbone, refs(tr_img[pick], "train"), store, view="invert", progress=True)
-    f_test = featurize(backbone, refs(te_img[tpick], "test"), store, view="invert", progress=True)
+    f_test = (
+        featurize(backbone, refs(te_img[tpick], "test"), store, view="invert", progress=True) if len(tpick) else None
+    )
     print(f"features ready in {time.time() - t0:.0f} s", flush=True)
     if args.features_only:
         return 0
@@ -273,11 +289,10 @@ def main() -> int:
         train={"epochs": epochs, "batch_size": args.batch_size},
         features={"view": "invert"},
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {r: {} for r in args.regimes}
-    for regime in args.regimes:
-        for seed in seeds:
+    for seed in seeds:  # seeds outer: a partial run covers both regimes
+        for regime in args.regimes:
             votes, _ = simulate(y, regime, seed)
             truth = true_accuracy(votes, y)
             print(f"{regime} seed {seed}: {len(votes)} votes", flush=True)
@@ -300,19 +315,24 @@ def main() -> int:
                 print(f"  {name:<32} consensus {100 * v['acc']:.2f}  MAE {100 * v['mae']:.2f}", flush=True)
             results[regime][seed] = row
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    finish(results, args, n, seeds, epochs)
+    return 0
+
+
+def finish(results: dict, args, n: int, seeds: list[int], epochs: int) -> None:
+    out = Path(args.out)
     table = tables(results, args.regimes, seeds)
     print()
     print(table)
     (out / "table.md").write_text(table + "\n")
     if args.write:
-        command = "python bench/crowd.py " + " ".join(sys.argv[1:])
+        command = "python bench/crowd.py " + " ".join(a for a in sys.argv[1:] if a != "--tables-only")
         meta = (
             f"{n:,} items, seeds {' '.join(map(str, seeds))}, regimes {', '.join(args.regimes)}; Candor's prompt "
             f"trained {epochs} epochs, {args.n_ctx} context vectors, batch {args.batch_size} (the votes' EM is "
             f"independent of these); mean ± std over seeds, consensus accuracy and annotator-accuracy MAE in %."
         )
         write_docs(table, command.replace(" --write", "").strip(), meta)
-    return 0
 
 
 if __name__ == "__main__":

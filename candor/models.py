@@ -174,6 +174,10 @@ class JobSummary(Bound):
         """``Client.labels`` of this job."""
         return self._bound().labels(self.id, **filters)
 
+    def annotators(self) -> list[Annotator]:
+        """``Client.annotators`` of this job."""
+        return self._bound().annotators(self.id)
+
     def classifier(self) -> Classifier:
         if self.classifier_id is None:
             raise RuntimeError(f"job {self.id} has no classifier (it is {self.state})")

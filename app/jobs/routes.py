@@ -204,7 +204,7 @@ ANNOTATORS_OK = {
 }
 
 
-@router.get("/{job_id}/annotators", responses={200: ANNOTATORS_OK, 404: PROBLEM, 409: PROBLEM})
+@router.get("/{job_id}/annotators", responses={200: ANNOTATORS_OK, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
 def get_annotators(
     job_id: uuid.UUID,
     session: SessionDep,
