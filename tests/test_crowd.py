@@ -191,3 +191,31 @@ def test_annotators_through_the_api_the_client_and_the_cli(service_url, celery_w
     assert httpx.get(f"{service_url}/v1/jobs/{uuid.uuid4()}/annotators", headers=auth).status_code == 404
     bad = api.get(f"/v1/jobs/{job.id}/annotators?format=xml")
     assert bad.status_code == 422 and "format" in bad.text
+
+
+# ---- candor clean --------------------------------------------------------------------------------
+def test_candor_clean_writes_the_annotators_next_to_the_labels(tmp_path, capsys):
+    import json
+
+    from app.cli import main
+    from tests.helpers import png_bytes
+
+    lines = []
+    for k, item in enumerate(crowd_items(12)):
+        (tmp_path / f"{item['id']}.png").write_bytes(png_bytes(k))
+        lines.append({"id": item["id"], "image": f"{item['id']}.png", "annotations": item["annotations"]})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    out = tmp_path / "out"
+    argv = ["clean", tmp_path / "manifest.jsonl", "--classes", tmp_path / "classes.txt", "--out", out]
+    code = main([str(a) for a in [*argv, "--backbone", "tiny", "--epochs", "2", "--quiet"]])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "annotators.json").read_text())
+    assert report["classes"] == CLASSES
+    by_name = {a["annotator"]: a for a in report["annotators"]}
+    assert {n: a["items"] for n, a in by_name.items()} == {"good": 12, "fair": 12, "spam": 9}
+    assert by_name["good"]["accuracy"] > by_name["spam"]["accuracy"]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sum(r["label"] == CLASSES[int(r["id"][1:]) % 3] for r in rows) >= 11
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["votes"]["annotators"] == 3
