@@ -132,6 +132,10 @@ class TrainResult:
     label_mask: torch.Tensor | None = None
 
 
+# Dense per-annotator confusions: annotators x K x K float64 values (5e7: 400 MB).
+VOTES_MAX_CELLS = 50_000_000
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -205,8 +209,13 @@ def train(
     if bool((mask.sum(dim=1) == 0).any()):
         raise ValueError(f"item {int((mask.sum(dim=1) == 0).nonzero()[0])} has an empty candidate set")
     device = backbone.device
-    vres, teacher = None, None
-    if votes is not None and cfg.votes.enabled:
+    vres, teacher, votes_note = None, None, None
+    if votes is not None and cfg.votes.enabled and len(votes.annotators) * len(classnames) ** 2 > VOTES_MAX_CELLS:
+        votes_note = (
+            f"votes not used: {len(votes.annotators)} annotators x {len(classnames)}^2 classes is over the "
+            f"{VOTES_MAX_CELLS:,} confusion cells the EM holds in memory; the union of the votes was used"
+        )
+    elif votes is not None and cfg.votes.enabled:
         v = cfg.votes
         vres = fit_votes(
             features, votes, len(classnames), model=v.model, rounds=v.rounds, smoothing=v.smoothing,
@@ -396,7 +405,7 @@ def train(
         "selected_epoch": best.get("epoch", len(history)),
         "predict_prior_weight": weight,
         "holdout_accuracy_est_by_prior_weight": scores,
-    }
+    } | ({"votes": votes_note} if votes_note else {})
     return TrainResult(
         ctx=final_ctx.cpu(),
         class_features=learned.cpu(),
