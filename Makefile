@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install data services compose-cli browser test lint demo bench-speed bench-service bench-load e2e-labelstudio clean
+.PHONY: install data services compose-cli browser test lint demo demo-crowd bench-speed bench-service bench-load e2e-labelstudio clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,9 @@ test: install data services compose-cli browser lint
 
 demo: install data
 	$(PY) -m app.demo
+
+demo-crowd: install data  # the same, on annotators' votes: the job models the annotators
+	$(PY) -m app.demo --crowd --dir build/demo-crowd
 
 bench-speed: install
 	$(PY) bench/speed.py

@@ -62,7 +62,7 @@ def build_config(args: argparse.Namespace) -> CleanConfig:
 def cmd_clean(args: argparse.Namespace) -> int:
     from app.ml.backbones import parse_spec
     from app.ml.data import read_classes, read_manifest
-    from app.ml.engine import clean
+    from app.ml.engine import annotator_report, clean
     from app.ml.features import SqliteFeatureStore
 
     cfg = build_config(args)
@@ -83,6 +83,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
         with (staging / "results.jsonl").open("wb") as f:
             exports.write_jsonl((item.to_dict() for item in out.items), f)
         (staging / "metrics.json").write_text(json.dumps(out.metrics, indent=2) + "\n")
+        if out.train.votes is not None:
+            report = {"classes": classes, "annotators": annotator_report(out, classes)}
+            (staging / "annotators.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
         out.classifier.save(staging / "classifier")
         for entry in staging.iterdir():

@@ -6,6 +6,12 @@ no Redis, the `offline` backbone), creates an API key, and drives it with the Py
 (`candor.Client`): uploads the images as a ZIP, runs a job while printing its progress, downloads the
 labels, scores them against the hidden truth next to the zero-shot prior, and calls /predict on
 unseen test images. `--via cli` runs the same job with `candor clean` instead.
+
+`--crowd` (`make demo-crowd`) gives the images annotators' votes instead of drawn candidate sets:
+the simulated pool of bench/crowd.py (20 annotators, accuracies 0.55-0.85, errors within
+confusable groups, two spammers; half the items one vote, half three), so the job models the
+annotators; the demo compares its labels with majority vote and prints the annotators it
+estimated (GET /v1/jobs/{id}/annotators) next to their true accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, uniform_candidates
+from app.ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, simulate_annotators, uniform_candidates
 from candor import Client, ConnectionFailed, Job, Unavailable
 
 
@@ -45,6 +51,57 @@ def build_manifest(folder: Path, n: int, q: float, seed: int) -> dict[str, str]:
             f.write(json.dumps({"id": item_id, "image": rel, "candidates": cands}) + "\n")
             truth[item_id] = FASHION_MNIST_CLASSES[labels[i]]
     return truth
+
+
+def build_crowd_manifest(folder: Path, n: int, seed: int) -> tuple[dict[str, str], dict[str, float]]:
+    """Write PNGs, classes.txt and a manifest of annotators' votes (sparse regime); return the
+    hidden true label of each id and each annotator's true share of right labels."""
+    images, labels = load_fashion_mnist("train")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(labels), size=n, replace=False))
+    votes, _ = simulate_annotators(labels[pick], "sparse", seed)
+    per_item: dict[int, list[dict]] = {}
+    right: dict[str, list[int]] = {}
+    for row, j, lab in votes:
+        who = f"annotator-{j:02d}"
+        per_item.setdefault(row, []).append({"annotator": who, "label": FASHION_MNIST_CLASSES[lab]})
+        right.setdefault(who, []).append(int(lab == labels[pick[row]]))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text("\n".join(FASHION_MNIST_CLASSES) + "\n")
+    truth = {}
+    with (folder / "manifest.jsonl").open("w") as f:
+        for row, i in enumerate(pick):
+            item_id = f"fmnist-train-{i:05d}"
+            rel = f"images/{item_id}.png"
+            Image.fromarray(images[i]).save(folder / rel)
+            f.write(json.dumps({"id": item_id, "image": rel, "annotations": per_item[row]}) + "\n")
+            truth[item_id] = FASHION_MNIST_CLASSES[labels[i]]
+    return truth, {who: sum(v) / len(v) for who, v in right.items()}
+
+
+def print_crowd_table(rows: list[dict], truth: dict[str, str], annotators: list, true_acc: dict[str, float]) -> None:
+    n = len(rows)
+    majority = 0.0
+    for r in rows:
+        counts: dict[str, int] = {}
+        for a in r["annotations"]:
+            counts[a["label"]] = counts.get(a["label"], 0) + 1
+        top = max(counts.values())
+        tied = [label for label, c in counts.items() if c == top]
+        majority += (truth[r["id"]] in tied) / len(tied)  # ties broken at random, in expectation
+    candor = sum(r["label"] == truth[r["id"]] for r in rows)
+    single = sum(len(r["annotations"]) == 1 for r in rows)
+    print()
+    print(
+        f"Fashion-MNIST, {n} training images, annotators' votes ({single} items with one vote, {n - single} with three)"
+    )
+    print(f"{'method':<46}{'true label recovered':>22}")
+    print(f"{'majority vote (ties at random, expected)':<46}{majority:>10.1f} / {n}  {100 * majority / n:5.1f}%")
+    print(f"{'Candor (votes as evidence)':<46}{candor:>10d} / {n}  {100 * candor / n:5.1f}%")
+    print()
+    print(f"{'annotator':<16}{'items':>7}{'estimated accuracy':>20}{'true accuracy':>16}")
+    for a in sorted(annotators, key=lambda a: -a.accuracy):
+        print(f"{a.annotator:<16}{a.items:>7}{100 * a.accuracy:>19.1f}%{100 * true_acc[a.annotator]:>15.1f}%")
 
 
 def print_table(rows: list[dict], truth: dict[str, str], q: float, method: str) -> None:
@@ -88,7 +145,7 @@ def show_progress(job: Job) -> None:
     print(f"\r{line:<78}", end="", flush=True)
 
 
-def run_service(args, folder: Path, truth: dict[str, str]) -> None:
+def run_service(args, folder: Path, truth: dict[str, str], true_acc: dict[str, float] | None = None) -> None:
     env = os.environ | {"CANDOR_EMBEDDED": "1", "CANDOR_DATA_DIR": str((folder / "service").resolve())}
     candor = [sys.executable, "-m", "app.cli"]
     key = subprocess.run([*candor, "keys", "create", "--tenant", "demo"], env=env, check=True,
@@ -123,6 +180,9 @@ def run_service(args, folder: Path, truth: dict[str, str]) -> None:
             if job.state != "succeeded":
                 raise SystemExit(f"job {job.state}: {job.error}")
             rows = [r.model_dump() for r in client.labels(job)]
+            if true_acc is not None:
+                print_crowd_table(rows, truth, client.annotators(job), true_acc)
+                return
             cfg = job.config
             method = f"Candor ({cfg['objective']['name']}" + (" + alignment)" if cfg["alignment"]["enabled"] else ")")
             print_table(rows, truth, args.q, method)
@@ -168,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--predict", type=int, default=200, help="unseen test images sent to /predict")
     ap.add_argument("--via", choices=("service", "cli"), default="service")
+    ap.add_argument("--crowd", action="store_true", help="annotators' votes instead of drawn candidate sets")
     args = ap.parse_args(argv)
     folder = Path(args.dir)
+    if args.crowd:
+        truth, true_acc = build_crowd_manifest(folder, args.n, args.seed)
+        run_service(args, folder, truth, true_acc)
+        return 0
     truth = build_manifest(folder, args.n, args.q, args.seed)
     (run_service if args.via == "service" else run_cli)(args, folder, truth)
     return 0

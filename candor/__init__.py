@@ -41,6 +41,7 @@ from candor.errors import (
 )
 from candor.models import (
     Annotation,
+    Annotator,
     CandidatePolicy,
     Classifier,
     ClassifierSummary,
@@ -61,6 +62,7 @@ from candor.models import (
 
 __all__ = [
     "Annotation",
+    "Annotator",
     "BadRequest",
     "CandidatePolicy",
     "CandorError",

@@ -5,6 +5,7 @@
     candor remote status JOB [--wait]
     candor remote cancel JOB
     candor remote labels JOB --out labels.jsonl [--flag ambiguous] [--max-confidence 0.6] [--order review]
+    candor remote annotators JOB --out annotators.json   # or .csv
     candor remote download CLASSIFIER --out DIR
     candor remote predict CLASSIFIER IMAGE...
     candor remote labelstudio-import --project 4 --ls-url URL --ls-token TOKEN   # prints the dataset id
@@ -257,6 +258,14 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotators(args: argparse.Namespace) -> int:
+    fmt = args.format or ("csv" if str(args.out).endswith(".csv") else "json")
+    with _client(args) as c:
+        out = c.download_annotators(args.job, args.out, format=fmt)
+    print(f"wrote the annotators' estimates as {fmt} to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as c:
         clf = c.get_classifier(args.classifier)
@@ -432,6 +441,10 @@ def add_remote_parser(sub: Any) -> None:
     lp.add_argument("job")
     lp.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lp.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
+    an = command("annotators", cmd_annotators, "write a finished job's per-annotator estimates to a file")
+    an.add_argument("job")
+    an.add_argument("--out", required=True, help="file to write (.csv or .json)")
+    an.add_argument("--format", choices=("json", "csv"), help="default: from --out's suffix (csv, else json)")
 
     d = command("download", cmd_download, "save a classifier the service trained (for `candor predict`)")
     d.add_argument("classifier")

@@ -31,6 +31,7 @@ from candor import errors, sources, tools
 from candor.formats import LABEL_FORMATS as FORMATS
 from candor.models import (
     TERMINAL_STATES,
+    Annotator,
     Bound,
     Classifier,
     ClassifierSummary,
@@ -524,6 +525,22 @@ class Client:
                     f.write(chunk)
         finally:
             response.close()
+        return target
+
+    def annotators(self, job: Ref) -> list[Annotator]:
+        """Per annotator of a finished job: items labelled, estimated accuracy and confusion between
+        classes (empty when the job's items carry no annotations)."""
+        data = self._json("GET", f"/v1/jobs/{_id(job)}/annotators")
+        return [Annotator.model_validate(a) for a in data["annotators"]]
+
+    def download_annotators(self, job: Ref, path: str | os.PathLike, *, format: str = "json") -> Path:
+        """Write a finished job's annotator estimates to ``path`` as 'json' or 'csv'."""
+        if format not in ("json", "csv"):
+            raise ValueError(f"unknown annotators format {format}; one of json, csv")
+        response = self._send("GET", f"/v1/jobs/{_id(job)}/annotators", params={"format": format})
+        target = Path(path)
+        with _atomic(target) as f:
+            f.write(response.content)
         return target
 
     # ---- classifiers ---------------------------------------------------------------------------

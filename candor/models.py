@@ -175,6 +175,10 @@ class JobSummary(Bound):
         """``Client.labels`` of this job."""
         return self._bound().labels(self.id, **filters)
 
+    def annotators(self) -> list[Annotator]:
+        """``Client.annotators`` of this job."""
+        return self._bound().annotators(self.id)
+
     def classifier(self) -> Classifier:
         if self.classifier_id is None:
             raise RuntimeError(f"job {self.id} has no classifier (it is {self.state})")
@@ -205,6 +209,16 @@ class LabelRow(Model):
     label_quality: float | None = None
     pred_probs_oos: list[float] | None = None
     source: dict[str, Any] | None = None
+
+
+class Annotator(Model):
+    """What a job estimated about one annotator: items labelled, accuracy, and the confusion
+    {true class: {given label: probability}}."""
+
+    annotator: str
+    items: int
+    accuracy: float
+    confusion: dict[str, dict[str, float]] = {}
 
 
 # ---- classifiers ---------------------------------------------------------------------------------

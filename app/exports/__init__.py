@@ -311,3 +311,17 @@ def export(fmt: str, rows: Rows, meta: ExportMeta) -> Iterator[bytes]:
     if fmt == "pred_probs_npz":
         return pred_probs_npz(rows, meta)
     raise ValueError(f"unknown export format {fmt}; one of {', '.join(FORMATS)}")
+
+
+ANNOTATOR_FIELDS = ("annotator", "items", "accuracy", "confusion")
+
+
+def annotators_csv(annotators: Iterable[dict]) -> str:
+    """Per-annotator estimates as CSV: annotator, items, accuracy, confusion (a JSON object
+    {true class: {label: probability}})."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(ANNOTATOR_FIELDS)
+    for a in annotators:
+        writer.writerow([a["annotator"], a["items"], a["accuracy"], _dump(a["confusion"])])
+    return buf.getvalue()

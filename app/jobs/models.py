@@ -67,6 +67,18 @@ class JobResult(Base):
     pred_probs_oos: Mapped[list | None] = mapped_column(JSONType, nullable=True)
 
 
+class JobAnnotator(Base):
+    """What a job estimated about one annotator from the votes (app/ml/crowd.py): items voted on,
+    accuracy and confusion ``{true class: {given label: probability}}``."""
+
+    __tablename__ = "job_annotators"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(255), primary_key=True)
+    items: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    confusion: Mapped[dict] = mapped_column(JSONType)
+
+
 RESULT_FIELDS = (
     "label", "confidence", "posterior", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label"
 )  # fmt: skip

@@ -32,9 +32,10 @@ from app.datasets.models import Dataset
 from app.jobs import dispatch, leases, states
 from app.jobs import repository as repo
 from app.jobs.leases import Heartbeat, LeaseLost
-from app.jobs.models import Job, JobChunk, JobResult, result_row
+from app.jobs.models import Job, JobAnnotator, JobChunk, JobResult, result_row
 from app.ml.config import CleanConfig
 from app.ml.crossval import out_of_sample
+from app.ml.crowd import Votes
 from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
@@ -298,14 +299,18 @@ def train_job(jid: uuid.UUID) -> None:
         # these" leaves the classes outside the set
         reviewed = reviewed_candidates(session, job.dataset_id, classes, rows, job.created_at)
         items = [(i.seq, i.external_id, i.image_sha256, reviewed.get(i.seq, list(i.candidates))) for i in rows]
+        # a person's decision outranks the annotators: a reviewed item's votes do not enter the job
+        annotations = [None if i.seq in reviewed else i.annotations for i in rows]
         blob = session.scalar(select(Job.checkpoint).where(Job.id == jid))
         resume = Checkpoint.from_tensors(safetensors.torch.load(blob), job.checkpoint_meta) if blob else None
         tenant_id, dataset_id = job.tenant_id, job.dataset_id
     with Heartbeat(jid, owner) as lease:  # from the claim on: loading the backbone may take a while
-        _train(jid, lease, cfg, classes, items, resume, tenant_id, dataset_id)
+        _train(jid, lease, cfg, classes, items, resume, tenant_id, dataset_id, annotations)
 
 
-def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, resume, tenant_id, dataset_id) -> None:
+def _train(
+    jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, resume, tenant_id, dataset_id, annotations
+) -> None:
     backbone = get_backbone(cfg.backbone)
     store = repo.DbFeatureStore(get_sessionmaker(), tenant_id)
     hashes = [sha for _, _, sha, _ in items]
@@ -327,6 +332,7 @@ def _train(jid: uuid.UUID, lease: Heartbeat, cfg: CleanConfig, classes, items, r
         cfg,
         hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
         resume=resume,
+        votes=Votes.from_annotations(annotations, index),
     )
     out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
     oos = None
@@ -363,6 +369,11 @@ def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str]
                 for n, ((seq, _, _, _), r) in enumerate(zip(items, out.items, strict=True))
             ],
         )
+        if out.train.votes is not None:
+            session.execute(
+                JobAnnotator.__table__.insert(),
+                [{"job_id": jid} | {k: v for k, v in a.to_dict(classes).items()} for a in out.train.votes.annotators],
+            )
         session.add(
             ClassifierRow(
                 tenant_id=tenant_id,

@@ -18,8 +18,8 @@ from app.datasets.models import Dataset, Item
 from app.exports.schemas import JSON_FORMATS
 from app.jobs import repository as repo
 from app.jobs import service, states
-from app.jobs.models import JobResult, result_dict
-from app.jobs.schemas import JobCreate, JobOut, JobPage, JobSummary, LabelRow
+from app.jobs.models import JobAnnotator, JobResult, result_dict
+from app.jobs.schemas import AnnotatorList, JobCreate, JobOut, JobPage, JobSummary, LabelRow
 from app.ml.votes import agreed
 from app.openapi import register
 from app.review import repository as review_repo
@@ -236,3 +236,40 @@ def get_labels(
     media_type, suffix = exports.FORMATS[format]
     headers = {} if format == "jsonl" else {"Content-Disposition": f'attachment; filename="labels-{job.id}.{suffix}"'}
     return StreamingResponse(exports.export(format, rows, meta), media_type=media_type, headers=headers)
+
+
+ANNOTATORS_OK = {
+    "description": "`json`: an AnnotatorList; `csv`: a header and a row per annotator (annotator, items, accuracy, "
+    "confusion as a JSON object)",
+    "content": {"application/json": {"schema": register(AnnotatorList)}, "text/csv": {"schema": {"type": "string"}}},
+}
+
+
+@router.get("/{job_id}/annotators", responses={200: ANNOTATORS_OK, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
+def get_annotators(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    format: Annotated[Literal["json", "csv"], Query(description="`json` or `csv`")] = "json",
+):
+    """Per annotator: items labelled, estimated accuracy and confusion between classes, as the job
+    estimated them from the votes (`config.votes`; docs/method.md). Empty when the items carry no
+    annotations or votes were off."""
+    job = service.require_job(session, tenant, job_id)
+    if job.state != states.SUCCEEDED:
+        raise Problem(
+            409, "Job not finished", f"job {job.id} is {job.state}; annotator estimates exist once it has succeeded"
+        )
+    classes = list(session.get(Dataset, job.dataset_id).classes)
+    rows = session.scalars(
+        select(JobAnnotator).where(JobAnnotator.job_id == job.id).order_by(JobAnnotator.annotator)
+    ).all()
+    out = [{"annotator": r.annotator, "items": r.items, "accuracy": r.accuracy, "confusion": r.confusion} for r in rows]
+    session.commit()
+    if format == "csv":
+        return StreamingResponse(
+            iter([exports.annotators_csv(out)]),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="annotators-{job.id}.csv"'},
+        )
+    return JSONResponse({"job_id": str(job.id), "classes": classes, "annotators": out})

@@ -148,3 +148,24 @@ class LabelRow(BaseModel):
     reviewed: bool = Field(False, description="a person has decided on this item (the latest decision counts)")
     reviewed_label: str | None = Field(None, description="the class the reviewer chose; null when not reviewed")
     reviewed_none_of_these: bool = Field(False, description="the reviewer said the item is none of its candidates")
+
+
+class AnnotatorOut(BaseModel):
+    """What a job estimated about one annotator from the items' votes."""
+
+    annotator: str = Field(description="the annotator's name as uploaded")
+    items: int = Field(description="items of the job this annotator labelled")
+    accuracy: float = Field(
+        description="estimated share of this annotator's labels that are right: the mean, over their labels, of "
+        "the job's posterior probability of the label they gave"
+    )
+    confusion: dict[str, dict[str, float]] = Field(
+        description="estimated P(gives label | true class): {true class: {label: probability}}, entries below "
+        "0.0005 left out; in `csv` a JSON object"
+    )
+
+
+class AnnotatorList(BaseModel):
+    job_id: str
+    classes: list[str]
+    annotators: list[AnnotatorOut] = Field(description="by name; empty when the job's items carry no annotations")

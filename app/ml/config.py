@@ -175,6 +175,43 @@ class FeatureConfig(_Frozen):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+class VotesConfig(_Frozen):
+    """Annotators' votes as evidence (app/ml/crowd.py, docs/method.md). Used only when items carry
+    annotations; a job without any is trained exactly as before."""
+
+    enabled: bool = Field(True, description="use the votes when items carry annotations (off: the union only)")
+    model: Literal["adapter", "none"] = Field(
+        "adapter",
+        description="the item model inside the EM: 'adapter' (a linear head on the cached image features, fitted "
+        "out of fold to the current posterior) or 'none' (Dawid-Skene: a class prior only)",
+    )
+    rounds: int = Field(5, ge=1, le=50, description="EM rounds")
+    smoothing: float = Field(
+        10.0,
+        ge=0.0,
+        le=10000.0,
+        description="pseudo-votes per confusion row drawn toward the group-aware one-coin prior (the "
+        "annotator's accuracy on the diagonal, everyone's errors on that class off it)",
+    )
+    folds: int = Field(5, ge=2, le=20, description="'adapter': folds of the out-of-fold fit")
+    l2: float = Field(1e-4, ge=0.0, le=10.0, description="'adapter': L2 penalty on the head's weights")
+    steps: int = Field(100, ge=1, le=1000, description="'adapter': L-BFGS iterations per fit")
+    teacher_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the vote posterior in the prompt's training target (0: the prompt trains on the "
+        "candidate sets alone; the job's labels still come from the votes)",
+    )
+    min_posterior: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="a class the vote posterior gives at least this probability joins the item's set for training "
+        "and for the label, even when no annotator chose it",
+    )
+
+
 PresetName = Literal["offline", "coop"]
 # Training recipes as data: a preset fills the fields it names unless the config sets them itself.
 PRESETS: dict[str, dict[str, dict]] = {
@@ -257,6 +294,7 @@ class CleanConfig(_Frozen):
     selection: SelectionConfig = SelectionConfig()
     output: OutputConfig = OutputConfig()
     cross_validation: CrossValidationConfig = CrossValidationConfig()
+    votes: VotesConfig = VotesConfig()
 
     @model_validator(mode="before")
     @classmethod

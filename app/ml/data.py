@@ -94,6 +94,7 @@ class CandidateDataset:
     ids: list[str]
     images: list[ImageRef]
     candidates: list[list[str]]
+    annotations: list[list[dict] | None] | None = None  # per item, the validated votes (None: none)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -130,6 +131,7 @@ def read_manifest(path: str | Path, classes: Sequence[str], policy: CandidatePol
     ids: list[str] = []
     refs: list[ImageRef] = []
     cands: list[list[str]] = []
+    anns: list[list[dict] | None] = []
     seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -162,6 +164,7 @@ def read_manifest(path: str | Path, classes: Sequence[str], policy: CandidatePol
                 digest = sha256_bytes(image_path.read_bytes())
             except OSError as exc:
                 raise InputError(f"{where}: image {show(image, 200)} cannot be read ({exc.strerror})") from exc
+            votes = None
             if row.get("annotations") is not None:
                 votes = validate_annotations(where, row["annotations"], index)
                 if row.get("candidates") is None:
@@ -170,8 +173,11 @@ def read_manifest(path: str | Path, classes: Sequence[str], policy: CandidatePol
                     cands.append(validate_candidates(where, row.get("candidates"), index))
             else:
                 cands.append(validate_candidates(where, row.get("candidates"), index))
+            anns.append(votes)
             ids.append(item_id)
             refs.append(ImageRef(label=where, sha256=digest, load=_file_loader(image_path, where)))
     if not ids:
         raise InputError(f"manifest {show(str(path), 200)} holds no items")
-    return CandidateDataset(classes=classes, ids=ids, images=refs, candidates=cands)
+    return CandidateDataset(
+        classes=classes, ids=ids, images=refs, candidates=cands, annotations=anns if any(anns) else None
+    )

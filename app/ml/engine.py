@@ -13,6 +13,7 @@ import torch
 from app.ml.artifacts import Classifier
 from app.ml.backbones import Backbone, load_backbone
 from app.ml.config import CleanConfig
+from app.ml.crowd import Votes
 from app.ml.data import CandidateDataset
 from app.ml.features import FeatureStore, MemoryFeatureStore, featurize
 from app.ml.results import ItemResult, choice_within, item_results
@@ -57,16 +58,25 @@ def job_metrics(result: TrainResult, mask: torch.Tensor) -> dict:
 def outputs(
     backbone: Backbone, ids: list[str], classes: list[str], mask: torch.Tensor, cfg: CleanConfig, result: TrainResult
 ) -> CleanOutput:
-    """Per-item results, job metrics and the classifier artifact of a finished training run."""
+    """Per-item results, job metrics and the classifier artifact of a finished training run.
+
+    With annotators' votes the labels come from the vote posterior (model and annotators
+    together), within the sets it widened; otherwise from the learned prompt within the sets."""
+    log_post = _log(result.log_posterior, result.posterior)
+    if result.votes is not None:
+        log_post = result.votes.posterior.clamp_min(1e-300).log()
+        mask = result.label_mask
     items = item_results(
         ids,
         classes,
-        _log(result.log_posterior, result.posterior),
+        log_post,
         mask,
         cfg.output,
         _log(result.log_prior_posterior, result.prior_posterior),
     )
     metrics = job_metrics(result, mask)
+    if result.votes is not None:
+        metrics["votes"] = result.votes.summary()
     classifier = Classifier(
         backbone=backbone.spec,
         backbone_id=backbone.id,
@@ -81,6 +91,13 @@ def outputs(
         metrics={k: v for k, v in metrics.items() if k != "history"} | {"final_epoch": result.history[-1]},
     )
     return CleanOutput(items=items, classifier=classifier, metrics=metrics, train=result)
+
+
+def annotator_report(out: CleanOutput, classes: list[str]) -> list[dict]:
+    """Per annotator (by name): items, estimated accuracy and confusion; [] without votes."""
+    if out.train.votes is None:
+        return []
+    return sorted((a.to_dict(list(classes)) for a in out.train.votes.annotators), key=lambda a: a["annotator"])
 
 
 def clean(
@@ -98,5 +115,8 @@ def clean(
         backbone, dataset.images, store, view=cfg.features.view, batch_size=cfg.features.batch_size, progress=progress
     )
     mask = dataset.mask()
-    result = train(backbone, dataset.classes, features, mask, cfg, hooks=hooks, progress=progress)
+    votes = None
+    if dataset.annotations is not None:
+        votes = Votes.from_annotations(dataset.annotations, {c: k for k, c in enumerate(dataset.classes)})
+    result = train(backbone, dataset.classes, features, mask, cfg, hooks=hooks, progress=progress, votes=votes)
     return outputs(backbone, dataset.ids, dataset.classes, mask, cfg, result)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from app.ml.alignment import learnable_weight, mixed_posterior, paper_alignment
 from app.ml.backbones import Backbone, handcrafted_features
 from app.ml.config import CleanConfig
+from app.ml.crowd import Votes, VotesResult, fit_votes
 from app.ml.objectives import build_objective, log_mix, soft_cross_entropy
 from app.ml.trust import estimate_accuracy, holdout_split, prior_trust
 
@@ -125,6 +126,14 @@ class TrainResult:
     # log of ``posterior`` / ``prior_posterior``, exact where the probabilities underflow (results use these)
     log_posterior: torch.Tensor | None = None
     log_prior_posterior: torch.Tensor | None = None
+    # annotators' votes as evidence (None when the items carry none, or votes.enabled is off): the
+    # vote posterior gives the job's labels, within ``label_mask`` (the sets widened by it)
+    votes: VotesResult | None = None
+    label_mask: torch.Tensor | None = None
+
+
+# Dense per-annotator confusions: annotators x K x K float64 values (5e7: 400 MB).
+VOTES_MAX_CELLS = 50_000_000
 
 
 def seed_everything(seed: int) -> None:
@@ -184,8 +193,14 @@ def train(
     hooks: Hooks | None = None,
     resume: Checkpoint | None = None,
     progress: bool = False,
+    votes: Votes | None = None,
 ) -> TrainResult:
-    """Tune the context on (N, D) cached image features with (N, K) candidate masks."""
+    """Tune the context on (N, D) cached image features with (N, K) candidate masks.
+
+    With ``votes`` (and ``votes.enabled``), the annotators' votes are fitted first
+    (:func:`app.ml.crowd.fit_votes`); their posterior widens each item's set by the classes it
+    gives at least ``votes.min_posterior``, starts the objective's confidences and is mixed into
+    the prompt's target with weight ``votes.teacher_weight``."""
     hooks = hooks or Hooks()
     if features.shape[0] != mask.shape[0] or mask.shape[1] != len(classnames):
         raise ValueError(
@@ -194,6 +209,23 @@ def train(
     if bool((mask.sum(dim=1) == 0).any()):
         raise ValueError(f"item {int((mask.sum(dim=1) == 0).nonzero()[0])} has an empty candidate set")
     device = backbone.device
+    vres, teacher, votes_note = None, None, None
+    if votes is not None and cfg.votes.enabled and len(votes.annotators) * len(classnames) ** 2 > VOTES_MAX_CELLS:
+        votes_note = (
+            f"votes not used: {len(votes.annotators)} annotators x {len(classnames)}^2 classes is over the "
+            f"{VOTES_MAX_CELLS:,} confusion cells the EM holds in memory; the union of the votes was used"
+        )
+    elif votes is not None and cfg.votes.enabled:
+        v = cfg.votes
+        vres = fit_votes(
+            features, votes, len(classnames), model=v.model, rounds=v.rounds, smoothing=v.smoothing,
+            folds=v.folds, l2=v.l2, steps=v.steps, candidates=mask, seed=cfg.train.seed,
+        )  # fmt: skip
+        q = vres.posterior
+        top = F.one_hot(q.argmax(dim=1), q.shape[1]).bool()
+        mask = ((mask > 0) | (q >= v.min_posterior) | top).float()
+        teacher = (q * mask / (q * mask).sum(dim=1, keepdim=True)).float().to(device)
+    label_mask = mask
     seed_everything(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     scale = backbone.logit_scale
@@ -217,6 +249,9 @@ def train(
 
     objective = build_objective(cfg.objective)
     confidence = objective.init_confidence(mask).to(device)
+    if teacher is not None and objective.keeps_confidence and confidence.shape == teacher.shape:
+        confidence = teacher.clone()
+    beta = cfg.votes.teacher_weight if teacher is not None else 0.0
     cur_mask = mask.to(device).float()
     opt = _optimizer([ctx], cfg)
     start_epoch, history = 0, []
@@ -264,6 +299,8 @@ def train(
             if align.enabled and not paper:
                 alpha = learnable_weight(mix, global_step / total_steps)
                 m = mixed_posterior(logits, prior_logits[idx], s, alpha, mix.space, mix.temperature)
+                if beta > 0:
+                    m = _with_teacher(m, teacher[idx], beta)
             if use_target:
                 target = objective.confidence_from(logits.detach(), s, m)
                 loss = objective.loss(logits, s, target)
@@ -283,6 +320,8 @@ def train(
                     upd_logits = scale * feats[idx] @ encoder(ctx).T
                 if use_target:
                     upd_m = mixed_posterior(upd_logits, prior_logits[idx], s, alpha, mix.space, mix.temperature)
+                    if beta > 0:
+                        upd_m = _with_teacher(upd_m, teacher[idx], beta)
             objective.update(confidence, idx, upd_logits, s, upd_m if use_target else None)
             losses.append(float(loss.detach()))
             bar.update(1)
@@ -366,7 +405,7 @@ def train(
         "selected_epoch": best.get("epoch", len(history)),
         "predict_prior_weight": weight,
         "holdout_accuracy_est_by_prior_weight": scores,
-    }
+    } | ({"votes": votes_note} if votes_note else {})
     return TrainResult(
         ctx=final_ctx.cpu(),
         class_features=learned.cpu(),
@@ -381,4 +420,11 @@ def train(
         selection=selection,
         log_posterior=log_mix(F.log_softmax(learned_logits, dim=1), F.log_softmax(prior_logits, dim=1), weight).cpu(),
         log_prior_posterior=F.log_softmax(prior_logits, dim=1).cpu(),
+        votes=vres,
+        label_mask=label_mask.cpu() if vres is not None else None,
     )
+
+
+def _with_teacher(m: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
+    """The alignment target with the vote posterior mixed in (both are within the item's set)."""
+    return (1 - beta) * m + beta * teacher
