@@ -17,7 +17,7 @@ is the part the reviewed items themselves account for, the rest is what the retr
 over to items nobody looked at. The engine runs directly (featurize, train, outputs), without the
 service.
 
-    python bench/review.py                   # 2,000 items, q = 0.3, 5 epochs: ~10 CPU minutes on 2 cores
+    python bench/review.py                   # 2,000 items, q = 0.3, 5 epochs, ten trainings (see docs/results.md)
     python bench/review.py --write           # the same, and the table into docs/results.md ("Review queue")
 """
 
