@@ -265,3 +265,13 @@ def test_presets_resolve_the_same_way_everywhere():
     assert CleanConfig().with_overrides(preset="coop", train={"lr": 0.01}).train.lr == 0.01
     assert coop.with_overrides(preset="offline") == CleanConfig()  # the defaults are the offline preset
     assert CleanConfig.model_validate({"train": {"optimizer": "sgd"}}).preset == "offline"
+
+
+def test_sections_added_later_leave_the_config_hash_of_older_configs_unchanged():
+    from app.ml.config import CleanConfig
+
+    # the hashes these configs had before cross_validation and votes existed (classifier versions use them)
+    assert CleanConfig().digest() == "50bb56fec5eb2d14"
+    assert CleanConfig().with_overrides(train={"epochs": 3}).digest() == "dca7ef3ff5102e5c"
+    assert CleanConfig().with_overrides(votes={"enabled": False}).digest() != CleanConfig().digest()
+    assert CleanConfig().with_overrides(cross_validation={"folds": 5}).digest() != CleanConfig().digest()

@@ -329,9 +329,14 @@ class CleanConfig(_Frozen):
         return value
 
     def digest(self) -> str:
-        """A stable hash of the config, used in the classifier's version (cross-validation off
-        leaves it out, so configs written before it existed keep their hash)."""
-        off = {"cross_validation"} if self.cross_validation.folds == 0 else None
+        """A stable hash of the config, used in the classifier's version. Sections added later are left
+        out while they hold their defaults (cross-validation off, the votes' defaults), so configs
+        written before they existed keep their hash."""
+        off = set()
+        if self.cross_validation.folds == 0:
+            off.add("cross_validation")
+        if self.votes == VotesConfig():
+            off.add("votes")
         blob = json.dumps(self.model_dump(mode="json", exclude=off), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
