@@ -3,7 +3,7 @@
 from app.classifiers.models import ClassifierRow
 from app.core.db import Base
 from app.datasets.models import Dataset, ImageBlob, Item
-from app.jobs.models import FeatureRow, Job, JobChunk, JobResult
+from app.jobs.models import FeatureRow, Job, JobAnnotator, JobChunk, JobResult
 from app.labelstudio.models import LabelStudioConnection
 from app.review.models import Review
 from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
@@ -19,6 +19,7 @@ __all__ = [
     "ImageBlob",
     "Item",
     "Job",
+    "JobAnnotator",
     "JobChunk",
     "JobResult",
     "LabelStudioConnection",

@@ -406,8 +406,14 @@ def add_remote_parser(sub: Any) -> None:
         help="default: from --out's suffix (csv, npz, else jsonl); labelstudio, argilla, fiftyone, pred_probs: "
         "JSON; pred_probs_npz: NumPy arrays",
     )
-    lb.add_argument("--from-name", help="--format labelstudio: the <Choices> name (default: choice)")
-    lb.add_argument("--to-name", help="--format labelstudio: the <Image> name (default: image)")
+    lb.add_argument(
+        "--from-name",
+        help="--format labelstudio: the <Choices> name (default: the one a Label Studio import recorded, else choice)",
+    )
+    lb.add_argument(
+        "--to-name",
+        help="--format labelstudio: the <Image> name (default: the one a Label Studio import recorded, else image)",
+    )
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
     lb.add_argument("--order", choices=("review",), help="review: flagged rows first, then the smallest margin")

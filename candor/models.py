@@ -207,6 +207,9 @@ class LabelRow(Model):
     annotations: list[Annotation] = []
     agreed: list[str] = []
     label_quality: float | None = None
+    reviewed: bool = False
+    reviewed_label: str | None = None
+    reviewed_none_of_these: bool = False
     pred_probs_oos: list[float] | None = None
     source: dict[str, Any] | None = None
 

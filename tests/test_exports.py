@@ -225,8 +225,8 @@ def test_jsonl_and_csv_still_come_from_the_same_rows(api):
     r = api.get(f"/v1/jobs/{job_id}/labels?format=csv", headers=key)
     assert r.headers["content-type"].startswith("text/csv")
     assert r.text.splitlines()[0] == (
-        "id,label,confidence,margin,outside_mass,ambiguous,candidates_suspect,prior_label,label_quality,posterior,"
-        "annotations,agreed,reviewed,reviewed_label,reviewed_none_of_these"
+        "id,label,confidence,margin,outside_mass,ambiguous,candidates_suspect,prior_label,posterior,annotations,agreed,"
+        "label_quality,reviewed,reviewed_label,reviewed_none_of_these"
     )
 
 

@@ -275,3 +275,9 @@ def test_sections_added_later_leave_the_config_hash_of_older_configs_unchanged()
     assert CleanConfig().with_overrides(train={"epochs": 3}).digest() == "dca7ef3ff5102e5c"
     assert CleanConfig().with_overrides(votes={"enabled": False}).digest() != CleanConfig().digest()
     assert CleanConfig().with_overrides(cross_validation={"folds": 5}).digest() != CleanConfig().digest()
+
+
+def test_more_folds_than_items_is_422_at_submission(client, auth):
+    ds = new_dataset(client, auth)  # two items
+    refused(submit(client, auth, ds, {"cross_validation": {"folds": 3}}), "cross_validation.folds", "3 folds")
+    assert submit(client, auth, ds, {"cross_validation": {"folds": 2}}).status_code == 202

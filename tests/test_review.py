@@ -136,6 +136,14 @@ def test_the_next_job_takes_a_reviewed_label_as_the_set_and_none_of_these_as_the
     assert rows[chosen]["reviewed"] and rows[chosen]["reviewed_label"] == outside
     q = httpx.get(f"{trained.base}/v1/jobs/{job2}/review-queue?limit=1000", headers=trained.auth).json()
     assert chosen not in [i["id"] for i in q["items"]] and rejected not in [i["id"] for i in q["items"]]
+    # "none of these" on job2 rejects what job2 showed ({outside}), not the item's stored candidates
+    again = httpx.post(
+        f"{trained.base}/v1/jobs/{job2}/reviews", headers=trained.auth, json={"item_id": chosen, "none_of_these": True}
+    )
+    assert again.status_code == 201, again.text
+    job3 = start_job(trained.base, trained.auth, trained.dataset_id)
+    wait_job(trained.base, trained.auth, job3)
+    assert set(labels(trained.base, trained.auth, job3)[chosen]["posterior"]) == set(trained.classes) - {outside}
 
 
 def test_another_tenant_sees_none_of_it(trained, other_key):  # noqa: F811

@@ -29,10 +29,8 @@ Rows = Callable[[], Iterable[dict]]
 
 FORMATS = LABEL_FORMATS  # format -> (media type, file suffix)
 FLAGS = ("ambiguous", "candidates_suspect")
-SCALARS = (
-    "label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label", "label_quality"
-)  # fmt: skip
-CSV_FIELDS = ("id", *SCALARS)
+SCALARS = ("label", "confidence", "margin", "outside_mass", "ambiguous", "candidates_suspect", "prior_label")
+CSV_FIELDS = ("id", *SCALARS)  # then posterior, annotations, agreed; columns added later go after them
 REVIEW_FIELDS = ("reviewed", "reviewed_label", "reviewed_none_of_these")  # a person's latest decision
 AGENT = "candor"
 
@@ -70,11 +68,12 @@ def write_jsonl(rows: Iterable[dict], f) -> None:
 
 def csv_rows(rows: Iterable[dict], flush_at: int = 1 << 16) -> Iterator[bytes]:
     """A header, then a row per item; the posterior, the annotations (annotator: label) and the
-    agreeing annotators as JSON, then the review columns (``reviewed``, ``reviewed_label``,
-    ``reviewed_none_of_these``)."""
+    agreeing annotators as JSON, then the columns added since, in that order (so a reader of the
+    earlier layout keeps its columns): ``label_quality`` and the review columns (``reviewed``,
+    ``reviewed_label``, ``reviewed_none_of_these``)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*CSV_FIELDS, "posterior", "annotations", "agreed", *REVIEW_FIELDS])
+    writer.writerow([*CSV_FIELDS, "posterior", "annotations", "agreed", "label_quality", *REVIEW_FIELDS])
     for row in rows:
         compact = {a["annotator"]: a["label"] for a in row.get("annotations") or ()}
         writer.writerow(
@@ -83,6 +82,7 @@ def csv_rows(rows: Iterable[dict], flush_at: int = 1 << 16) -> Iterator[bytes]:
                 json.dumps(row["posterior"]),
                 json.dumps(compact),
                 json.dumps(row.get("agreed", [])),
+                row.get("label_quality"),
                 bool(row.get("reviewed", False)),
                 row.get("reviewed_label"),
                 bool(row.get("reviewed_none_of_these", False)),
@@ -241,7 +241,7 @@ def with_quality(row: dict, classes: tuple[str, ...]) -> dict:
 def pred_probs(rows: Rows, meta: ExportMeta) -> Iterator[bytes]:
     """cleanlab's inputs as JSON: {"classes", "ids", "labels", "pred_probs": N x K, "label_quality": N,
     "out_of_sample"}. ``labels`` are Candor's chosen labels as class indices (cleanlab's ``labels``);
-    ``out_of_sample`` says whether the rows come from the k-fold linear probe (true) or from the
+    ``out_of_sample`` says whether the rows come from the k-fold trainings (true) or from the
     classifier trained on these same items (false)."""
     index = {c: k for k, c in enumerate(meta.classes)}
     yield b'{"classes":' + _dump(list(meta.classes)).encode() + b',"ids":'

@@ -100,7 +100,7 @@ FIFTYONE = {
 PRED_PROBS = {
     "title": "PredProbs",
     "description": "`format=pred_probs`: cleanlab's N x K pred_probs with the item ids and Candor's labels as class "
-    "indices; out_of_sample: from the k-fold linear probe (cross_validation.folds) rather than in-sample",
+    "indices; out_of_sample: from k-fold trainings (cross_validation.folds) rather than in-sample",
     "type": "object",
     "required": ["classes", "ids", "labels", "pred_probs", "label_quality", "out_of_sample"],
     "properties": {

@@ -372,7 +372,7 @@ def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str]
         if out.train.votes is not None:
             session.execute(
                 JobAnnotator.__table__.insert(),
-                [{"job_id": jid} | {k: v for k, v in a.to_dict(classes).items()} for a in out.train.votes.annotators],
+                [{"job_id": jid} | a.to_dict(classes) for a in out.train.votes.annotators],
             )
         session.add(
             ClassifierRow(

@@ -144,10 +144,10 @@ def label_row(
 
 LABELS_OK = {
     "description": "one row per item: `jsonl` writes a LabelRow a line (`application/x-ndjson`), `csv` a header and "
-    "a row per item with the posterior, the annotations (annotator: label) and the agreeing annotators as JSON in the "
-    "last three columns (`text/csv`); `labelstudio`, `argilla`, `fiftyone` and `pred_probs` write JSON in those "
-    "tools' shapes (`application/json`, one of the schemas listed); `pred_probs_npz` an `.npz` of NumPy arrays "
-    "(`application/zip`)",
+    "a row per item: the scalars, then the posterior, the annotations (annotator: label) and the agreeing annotators "
+    "as JSON, then label_quality and the review columns (`text/csv`); `labelstudio`, `argilla`, `fiftyone` and "
+    "`pred_probs` write JSON in those tools' shapes (`application/json`, one of the schemas listed); "
+    "`pred_probs_npz` an `.npz` of NumPy arrays (`application/zip`)",
     "content": {
         "application/x-ndjson": {"schema": register(LabelRow)},
         "text/csv": {"schema": {"type": "string"}},

@@ -46,6 +46,13 @@ def create_job(session: Session, tenant: TenantRef, body: JobCreate) -> Job:
     if seq_max == 0:
         raise Problem(409, "Dataset is empty", f"dataset {ds.id} has no items; add items before starting a job")
     check_config(body.config, list(ds.classes))
+    folds = body.config.cross_validation.folds
+    if folds and datasets_repo.count_items(session, ds.id) < folds:
+        raise Problem(
+            422,
+            "Invalid config",
+            f"config.cross_validation.folds: {folds} folds need at least {folds} items; dataset {ds.id} has fewer",
+        )
     job = Job(
         tenant_id=tenant.id,
         dataset_id=ds.id,

@@ -30,6 +30,7 @@ from app.classifiers.models import ClassifierRow
 from app.core.problems import Problem, not_found
 from app.core.security import TenantRef, tenant_for_key
 from app.core.settings import get_settings
+from app.datasets import repository as datasets_repo
 from app.imports.labelstudio import LabelConfig, LabelConfigError, check_classes, parse_label_config
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs
@@ -165,6 +166,14 @@ def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: L
         if conn is None:
             conn = LabelStudioConnection(tenant_id=tenant.id, classifier_id=classifier_id, project=project)
             session.add(conn)
+        if url and conn.url and _origin(url) != _origin(conn.url) and not token:
+            # a stored token goes only to the Label Studio it was given for: moving the connection
+            # elsewhere takes a new token
+            raise Problem(
+                422,
+                "Invalid request",
+                f"project {project} is connected to another Label Studio; give its token with the new URL",
+            )
         conn.url, conn.token, conn.train = url or conn.url, token or conn.token, train
         session.flush()
     session.commit()
@@ -330,6 +339,8 @@ def webhook(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body:
     if conn is None or not conn.train:
         session.commit()
         return LabelStudioWebhookAnswer(status="ok")
+    # one event at a time per dataset, so two events never start two jobs
+    datasets_repo.lock_dataset(session, tenant.id, row.dataset_id, shared=False)
     live = jobs_repo.live_jobs(session, row.dataset_id, LIVE)
     if live:
         session.commit()

@@ -5,7 +5,9 @@ same training a job runs (``app.ml.trainer.train``, same config, on the cached i
 learns on the other k-1 folds, and its classifier (learned prompt, mixed with the handcrafted
 prior at the weight that training chose) gives the held-out items their probabilities over all K
 classes. Every item is thus scored by a model that never saw it, which is what
-``cleanlab.filter.find_label_issues`` asks of ``pred_probs``.
+``cleanlab.filter.find_label_issues`` asks of ``pred_probs``. The folds train on the candidate
+sets alone: annotators' votes (``votes.*``), which the job's own labels may come from, do not
+enter them, so on a votes job these probabilities judge the labels by the images and sets only.
 
 Cost: k more trainings, each on (k-1)/k of the items: about k - 1 times the training time of
 the job on top of it (5 folds: about 4x more). Featurisation is not repeated: the folds use the

@@ -90,7 +90,7 @@ def _item_of_job(session: Session, job: Job, item_id: str) -> tuple[Item, JobRes
 def decide(session: Session, tenant: TenantRef, job_id: uuid.UUID, body: ReviewCreate) -> ReviewOut:
     """Store one decision (422 naming the item and the problem; nothing stored then)."""
     job = finished_job(session, tenant, job_id)
-    item, _ = _item_of_job(session, job, body.item_id)
+    item, result = _item_of_job(session, job, body.item_id)
     classes = list(session.scalar(select(Dataset.classes).where(Dataset.id == job.dataset_id)))
     where = f"item {body.item_id}"
     if body.none_of_these and body.label is not None:
@@ -99,7 +99,9 @@ def decide(session: Session, tenant: TenantRef, job_id: uuid.UUID, body: ReviewC
         raise Problem(422, "Invalid review", f"{where}: give a label (one of the dataset's classes) or none_of_these")
     if body.label is not None and body.label not in classes:
         raise Problem(422, "Invalid review", f"{where}: label '{body.label}' is not among the dataset's classes")
-    if body.none_of_these and not set(classes) - set(item.candidates):
+    # "none of these" rejects the candidates the job showed (its posterior's classes: the set the job
+    # trained on, which votes may have widened or an earlier review narrowed)
+    if body.none_of_these and not set(classes) - shown(result, item):
         raise Problem(
             422, "Invalid review", f"{where}: its candidates are every class; none of these would leave nothing"
         )
@@ -116,6 +118,12 @@ def decide(session: Session, tenant: TenantRef, job_id: uuid.UUID, body: ReviewC
     session.add(review)
     session.flush()
     return review_out(review, item.external_id)
+
+
+def shown(result: JobResult | None, item: Item) -> set[str]:
+    """The candidates a job showed for an item (its posterior's classes); the item's stored set when
+    the job is gone."""
+    return set(result.posterior) if result is not None and result.posterior else set(item.candidates)
 
 
 def review_out(review: Review, item_id: str) -> ReviewOut:
@@ -157,15 +165,23 @@ def reviewed_candidates(
     session: Session, dataset_id: uuid.UUID, classes: Sequence[str], items: Sequence[Item], until: datetime | None
 ) -> dict[int, list[str]]:
     """The candidate sets a job takes from the decisions made up to ``until`` (its creation): by
-    item seq, the reviewed class alone, or for "none of these" the classes outside the item's set."""
+    item seq, the reviewed class alone, or for "none of these" the classes outside the set the
+    reviewed job showed (see :func:`shown`)."""
     decided = repo.latest(session, dataset_id, until)
+    rejected = [(r.job_id, seq) for seq, r in decided.items() if r.none_of_these and r.job_id is not None]
+    results: dict[tuple, JobResult] = {}
+    for job_id in {j for j, _ in rejected}:
+        seqs = [s for j, s in rejected if j == job_id]
+        for res in session.scalars(select(JobResult).where(JobResult.job_id == job_id, JobResult.item_seq.in_(seqs))):
+            results[(job_id, res.item_seq)] = res
     out: dict[int, list[str]] = {}
     for item in items:
         review = decided.get(item.seq)
         if review is None:
             continue
         if review.none_of_these:
-            rest = [c for c in classes if c not in set(item.candidates)]
+            seen = shown(results.get((review.job_id, item.seq)), item)
+            rest = [c for c in classes if c not in seen]
             if rest:
                 out[item.seq] = rest
         elif review.label in classes:

@@ -14,6 +14,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -224,7 +225,7 @@ def review_decide(
 
 
 @router.get("/jobs/{job_id}/images/{item_seq}")
-def item_image(request: Request, db: DbDep, job_id: str, item_seq: int):
+def item_image(request: Request, db: DbDep, job_id: str, item_seq: Annotated[int, PathParam(ge=1, le=2**63 - 1)]):
     ui = _ui(request, db)
     if ui is None:
         return Response(status_code=401)
