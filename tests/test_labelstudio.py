@@ -560,7 +560,7 @@ def test_the_hostname_and_token_label_studio_sends_by_itself_serve_when_no_extra
         # the stored token never follows the connection to another Label Studio: a new URL needs a new token
         moved = {"project": "12.1", "schema": label_config(), "extra_params": {"url": "http://127.0.0.1:9/"}}
         detail = _problem(c.post(f"{root}/setup", json=moved, headers=auth))
-        assert detail == "project 12.1 is connected to another Label Studio; give its token with the new URL"
+        assert detail == "project 12 is connected to another Label Studio; give its token with the new URL"
         assert c.post(f"{root}/predict", json=body, headers=auth).status_code == 200  # still the first one
         # a refused extra_params URL is a 422 naming it; link-local addresses are refused whatever the setting
         bad = setup | {"extra_params": {"url": "http://169.254.169.254/"}}
