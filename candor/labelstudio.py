@@ -11,6 +11,7 @@ it is not a dependency.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ElementTree
 import zipfile
@@ -88,13 +89,15 @@ class LabelStudio:
 
 def zip_path(ref: str) -> str:
     """Where the service's import looks for a task's image: ``/data/upload/X`` under
-    ``data/upload/X``, ``/data/local-files/?d=P`` under ``P``, an http(s) URL under ``remote/``."""
+    ``data/upload/X``, ``/data/local-files/?d=P`` under ``P``, an http(s) URL under ``remote/`` (with
+    a digest of the whole URL when it has a query, so signed or ``?id=`` URLs of one path stay apart)."""
     parts = urlsplit(ref)
     path = unquote(parts.path)
     if path.startswith("/data/local-files"):
         return parse_qs(parts.query).get("d", [""])[0].lstrip("/")
     if parts.scheme:
-        return f"remote/{parts.netloc}{path}"
+        tail = f"-{hashlib.sha256(ref.encode()).hexdigest()[:12]}" if parts.query else ""
+        return f"remote/{parts.netloc}{path}{tail}"
     return path.lstrip("/")
 
 

@@ -571,3 +571,13 @@ def test_the_hostname_and_token_label_studio_sends_by_itself_serve_when_no_extra
         assert c.post(f"{root}/setup", json=quiet, headers=auth).status_code == 200
         body["project"] = "13.1"
         assert "it is relative to Label Studio" in _problem(c.post(f"{root}/predict", json=body, headers=auth))
+
+
+def test_remote_image_urls_that_differ_in_their_query_get_their_own_zip_members():
+    from candor.labelstudio import zip_path
+
+    a, b = zip_path("https://cdn.example.com/img?id=1"), zip_path("https://cdn.example.com/img?id=2")
+    assert a != b and a.startswith("remote/cdn.example.com/img-") and b.startswith("remote/cdn.example.com/img-")
+    assert zip_path("https://cdn.example.com/a/b.png") == "remote/cdn.example.com/a/b.png"
+    assert zip_path("/data/upload/3/x.png") == "data/upload/3/x.png"
+    assert zip_path("/data/local-files/?d=photos/x.png") == "photos/x.png"
