@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -20,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import tool_envs
 from tests.helpers import png_bytes
 from tests.labelstudio_files import CLASSES, annotation, export_zip, label_config, task
 from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serve, stop  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-SDK_VENV = ROOT / "build" / "labelstudio-sdk-venv"
 SDK_PIN = "label-studio-sdk==2.1.2"
 TOKEN = "ls-legacy-token-1234"
 
@@ -205,15 +204,11 @@ def test_a_remote_image_url_is_a_422_naming_the_task(service):
 # ---- the export, validated by label-studio-sdk -----------------------------------------------------
 def sdk_python() -> Path:
     """A Python with label-studio-sdk: that of `make e2e-labelstudio`'s Label Studio when it is
-    there, else build/labelstudio-sdk-venv, made on first use."""
+    there, else build/labelstudio-sdk-venv, made on first use (tests/tool_envs.py)."""
     e2e = ROOT / "build" / "labelstudio-venv" / "bin" / "python"
     if e2e.exists() and subprocess.run([str(e2e), "-c", "import label_studio_sdk"], check=False).returncode == 0:
         return e2e
-    python = SDK_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(SDK_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", SDK_PIN], check=True)
-    return python
+    return tool_envs.venv("labelstudio-sdk", SDK_PIN, "label_studio_sdk")
 
 
 VALIDATE = """

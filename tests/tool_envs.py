@@ -1,4 +1,4 @@
-"""Virtual environments under build/ for tools whose pins clash with Candor's (FiftyOne), built
+"""Virtual environments under build/ for tools whose pins clash with Candor's (FiftyOne, label-studio-sdk), built
 on first use and driven by subprocess. A test module skips only when the package index cannot be
 reached to build one."""
 
