@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests import tool_envs
 from tests.helpers import png_bytes
 from tests.labelstudio_files import CLASSES, annotation, export_zip, label_config, task
 from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serve, stop  # noqa: F401
+from tests.test_hostile_input import classifier  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SDK_PIN = "label-studio-sdk==2.1.2"
@@ -576,3 +578,61 @@ def test_remote_image_urls_that_differ_in_their_query_get_their_own_zip_members(
     assert zip_path("https://cdn.example.com/a/b.png") == "remote/cdn.example.com/a/b.png"
     assert zip_path("/data/upload/3/x.png") == "data/upload/3/x.png"
     assert zip_path("/data/local-files/?d=photos/x.png") == "photos/x.png"
+
+
+def test_an_image_dripped_slower_than_the_timeout_is_cut_off(monkeypatch):
+    from app.core.settings import get_settings
+    from app.labelstudio.service import FetchError, ImageFetcher
+
+    monkeypatch.setattr(get_settings(), "labelstudio_allow_private", True)
+    monkeypatch.setattr(get_settings(), "labelstudio_timeout_seconds", 1.0)
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(40):  # a byte every 0.1 s: each read is quick, the whole answer is not
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="it did not arrive within 1 s"):
+            ImageFetcher(None)(f"http://127.0.0.1:{server.server_port}/slow.png")
+        assert time.monotonic() - started < 2.5
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_ml_backend_refuses_tasks_whose_images_add_up_past_the_budget(
+    client,
+    auth,
+    classifier,  # noqa: F811
+    images,
+    monkeypatch,
+):
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "labelstudio_allow_private", True)
+    monkeypatch.setattr(get_settings(), "max_json_bytes", 2 * len(png_bytes(4)) - 1)
+    config = label_config(choices=("cat", "dog", "bird"))
+    tasks = [{"id": 7, "data": {"img": f"{images.url}/public/b.png"}}]
+    body = {"tasks": tasks, "label_config": config}
+    one = client.post(f"/v1/labelstudio/{classifier}/predict", json=body, headers=auth)
+    assert one.status_code == 200, one.text
+    body["tasks"] = [*tasks, {"id": 8, "data": {"img": f"{images.url}/public/b.png"}}]
+    r = client.post(f"/v1/labelstudio/{classifier}/predict", json=body, headers=auth)
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"].startswith("task 8: the tasks' images add up to more than")

@@ -92,7 +92,7 @@ async def labelstudio_setup(classifier_id: uuid.UUID, request: Request, session:
 @router.post(
     "/predict",
     response_model=LabelStudioPredictions,
-    responses=ERRORS,
+    responses={**ERRORS, 413: PROBLEM},
     openapi_extra=_body_doc(LabelStudioPredictRequest),
 )
 async def labelstudio_predict(classifier_id: uuid.UUID, request: Request, session: SessionDep, tenant: TenantDep):

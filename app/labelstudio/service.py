@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 import uuid
 from urllib.parse import urljoin, urlsplit
 
@@ -208,6 +209,7 @@ def _request(method: str, url: str, headers: dict[str, str], body: bytes | None 
     settings = get_settings()
     limit = settings.labelstudio_timeout_seconds
     timeout = {"connect": limit, "read": limit, "write": limit, "pool": limit}
+    deadline = time.monotonic() + limit  # for the whole answer: a server that drips bytes is cut off
     sent = [("user-agent", USER_AGENT), *headers.items()]
     try:
         check_url(url, settings.labelstudio_allow_private)  # and again on the very address connected to
@@ -215,12 +217,14 @@ def _request(method: str, url: str, headers: dict[str, str], body: bytes | None 
             httpcore.ConnectionPool(network_backend=GuardedBackend(settings.labelstudio_allow_private)) as pool,
             pool.stream(method, url, headers=sent, content=body, extensions={"timeout": timeout}) as response,
         ):
-            raw = b""
+            raw = bytearray()
             for chunk in response.iter_stream():
                 raw += chunk
                 if len(raw) > settings.max_image_bytes:
                     raise FetchError(f"it is larger than {settings.max_image_bytes} bytes")
-            return response.status, raw
+                if time.monotonic() > deadline:
+                    raise FetchError(f"it did not arrive within {limit:g} s")
+            return response.status, bytes(raw)
     except RefusedAddress as exc:
         raise FetchError(f"refused: {exc}") from exc
     except httpcore.TimeoutException as exc:
@@ -295,6 +299,7 @@ def predict(
     session.commit()  # no transaction stays open while images are fetched
     fetch = ImageFetcher(conn)
     blobs = []
+    budget, total = get_settings().max_json_bytes, 0  # what a /predict body may carry, fetched or sent
     for n, task in enumerate(body.tasks):
         tid = task.get("id")
         name = f"task {tid}" if isinstance(tid, int) and not isinstance(tid, bool) else f"task {n} of the request"
@@ -306,6 +311,14 @@ def predict(
             blobs.append(fetch(ref))
         except FetchError as exc:
             raise Problem(422, "Task image not fetched", f"{name}: image {show(ref, 200)}: {exc}") from exc
+        total += len(blobs[-1])
+        if total > budget:
+            raise Problem(
+                413,
+                "Request too large",
+                f"{name}: the tasks' images add up to more than {budget} bytes, the most one prediction request "
+                "takes; send fewer tasks per request",
+            )
     if not blobs:
         return LabelStudioPredictions(results=[])
     answer = classifiers.predict(session, tenant, classifier_id, blobs, 1, list(config.choices))
