@@ -55,13 +55,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="module")
-def service_url(database, tmp_path_factory):
-    """`candor serve` on the test database; every table is emptied when the module is done."""
+def serving(database, tmp_path_factory, **env: str):
+    """`candor serve` on the test database with ``env`` added, yielding its base URL; every table is
+    emptied when it stops (the body of a module-scoped fixture)."""
     from app.core import registry
 
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    proc, base = serve(os.environ | {"CANDOR_EMBEDDED": "0"}, log)
+    proc, base = serve(os.environ | {"CANDOR_EMBEDDED": "0"} | env, log)
     try:
         yield base
     finally:
@@ -72,6 +72,12 @@ def service_url(database, tmp_path_factory):
                 text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
             ).all()
             conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+
+
+@pytest.fixture(scope="module")
+def service_url(database, tmp_path_factory):
+    """`candor serve` on the test database; every table is emptied when the module is done."""
+    yield from serving(database, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

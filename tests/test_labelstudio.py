@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 from tests import tool_envs
 from tests.helpers import png_bytes
 from tests.labelstudio_files import CLASSES, annotation, export_zip, label_config, task
-from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serve, stop  # noqa: F401
+from tests.sdk_service import JOB_CONFIG, celery_worker, new_key, serving  # noqa: F401
 from tests.test_hostile_input import classifier  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,23 +56,7 @@ def ls_tasks(n: int = 12) -> tuple[list[dict], dict[str, bytes]]:
 @pytest.fixture(scope="module")
 def service(database, tmp_path_factory):
     """`candor serve` on the test database, allowed to fetch task images from loopback."""
-    from sqlalchemy import text
-
-    from app.core import registry
-
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = os.environ | {"CANDOR_EMBEDDED": "0", "CANDOR_LABELSTUDIO_ALLOW_PRIVATE": "1"}
-    proc, base = serve(env, log)
-    try:
-        yield base
-    finally:
-        stop(proc)
-        registry.classifiers.clear()
-        with database.begin() as conn:
-            tables = conn.scalars(
-                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
-            ).all()
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    yield from serving(database, tmp_path_factory, CANDOR_LABELSTUDIO_ALLOW_PRIVATE="1")
 
 
 def api(base: str, key: str) -> httpx.Client:
