@@ -74,6 +74,19 @@ def _job(db: Session, ui: ui_session.UiSession, job_id: str) -> Job | None:
     return None if jid is None else jobs_service.repo.get_job(db, ui.tenant.id, jid)
 
 
+def _succeeded_job(request: Request, db: Session, ui: ui_session.UiSession, job_id: str, what: str) -> Job | Response:
+    """The tenant's succeeded job, or the error page: 404 for no such job, 409 while ``what`` (the
+    report, review) waits for it to succeed."""
+    job = _job(db, ui, job_id)
+    if job is None:
+        return _error(request, 404, "Not found", f"job {job_id} does not exist", ui)
+    if job.state != states.SUCCEEDED:
+        return _error(
+            request, 409, "Job not finished", f"job {job.id} is {job.state}; {what} comes once it succeeds", ui
+        )
+    return job
+
+
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, db: DbDep):
     return RedirectResponse("/ui/datasets" if _ui(request, db) else "/ui/login", status_code=303)
@@ -162,13 +175,9 @@ def report_page(request: Request, db: DbDep, job_id: str):
     ui = _ui(request, db)
     if ui is None:
         return _to_signin()
-    job = _job(db, ui, job_id)
-    if job is None:
-        return _error(request, 404, "Not found", f"job {job_id} does not exist", ui)
-    if job.state != states.SUCCEEDED:
-        return _error(
-            request, 409, "Job not finished", f"job {job.id} is {job.state}; its report comes once it succeeds", ui
-        )
+    job = _succeeded_job(request, db, ui, job_id, "its report")
+    if isinstance(job, Response):
+        return job
     data = service.report(db, job)
     db.commit()
     return _page(request, "report.html", ui=ui, job=job, r=data)
@@ -179,13 +188,9 @@ def review_page(request: Request, db: DbDep, job_id: str, pos: int = 0, done: st
     ui = _ui(request, db)
     if ui is None:
         return _to_signin()
-    job = _job(db, ui, job_id)
-    if job is None:
-        return _error(request, 404, "Not found", f"job {job_id} does not exist", ui)
-    if job.state != states.SUCCEEDED:
-        return _error(
-            request, 409, "Job not finished", f"job {job.id} is {job.state}; review comes once it succeeds", ui
-        )
+    job = _succeeded_job(request, db, ui, job_id, "review")
+    if isinstance(job, Response):
+        return job
     item = service.review_item(db, job, min(max(pos, 0), 10**9))
     db.commit()
     return _page(request, "review.html", ui=ui, job=job, item=item, done=(done or "")[:255], none_choice=NONE)
