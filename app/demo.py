@@ -39,6 +39,18 @@ def build_manifest(folder: Path, n: int, q: float, seed: int) -> dict[str, str]:
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(labels), size=n, replace=False))
     masks = uniform_candidates(labels[pick], len(FASHION_MNIST_CLASSES), q, seed)
+    return _write_manifest(
+        folder,
+        images,
+        labels,
+        pick,
+        lambda row: {"candidates": [FASHION_MNIST_CLASSES[k] for k in np.flatnonzero(masks[row])]},
+    )
+
+
+def _write_manifest(folder: Path, images, labels, pick, fields) -> dict[str, str]:
+    """Write the picked images as PNGs, classes.txt and manifest.jsonl (each line ``{id, image}``
+    and ``fields(row)``); return the hidden true label of each id."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "classes.txt").write_text("\n".join(FASHION_MNIST_CLASSES) + "\n")
     truth = {}
@@ -47,8 +59,7 @@ def build_manifest(folder: Path, n: int, q: float, seed: int) -> dict[str, str]:
             item_id = f"fmnist-train-{i:05d}"
             rel = f"images/{item_id}.png"
             Image.fromarray(images[i]).save(folder / rel)
-            cands = [FASHION_MNIST_CLASSES[k] for k in np.flatnonzero(masks[row])]
-            f.write(json.dumps({"id": item_id, "image": rel, "candidates": cands}) + "\n")
+            f.write(json.dumps({"id": item_id, "image": rel, **fields(row)}) + "\n")
             truth[item_id] = FASHION_MNIST_CLASSES[labels[i]]
     return truth
 
@@ -66,16 +77,7 @@ def build_crowd_manifest(folder: Path, n: int, seed: int) -> tuple[dict[str, str
         who = f"annotator-{j:02d}"
         per_item.setdefault(row, []).append({"annotator": who, "label": FASHION_MNIST_CLASSES[lab]})
         right.setdefault(who, []).append(int(lab == labels[pick[row]]))
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "classes.txt").write_text("\n".join(FASHION_MNIST_CLASSES) + "\n")
-    truth = {}
-    with (folder / "manifest.jsonl").open("w") as f:
-        for row, i in enumerate(pick):
-            item_id = f"fmnist-train-{i:05d}"
-            rel = f"images/{item_id}.png"
-            Image.fromarray(images[i]).save(folder / rel)
-            f.write(json.dumps({"id": item_id, "image": rel, "annotations": per_item[row]}) + "\n")
-            truth[item_id] = FASHION_MNIST_CLASSES[labels[i]]
+    truth = _write_manifest(folder, images, labels, pick, lambda row: {"annotations": per_item[row]})
     return truth, {who: sum(v) / len(v) for who, v in right.items()}
 
 
