@@ -416,7 +416,7 @@ def add_remote_parser(sub: Any) -> None:
     )
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")
-    lb.add_argument("--order", choices=("review",), help="review: flagged rows first, then the smallest margin")
+    lb.add_argument("--order", choices=("review",), help="review: the review queue's order, most worth a look first")
 
     ls = argparse.ArgumentParser(add_help=False)
     ls.add_argument(

@@ -479,8 +479,8 @@ class Client:
         order: str | None = None,
     ) -> Iterator[LabelRow]:
         """The cleaned labels of a finished job, streamed row by row. ``flag`` ('ambiguous' or
-        'candidates_suspect'), ``max_confidence`` and ``order='review'`` (flagged rows first, then
-        the smallest margin) are applied by the service."""
+        'candidates_suspect'), ``max_confidence`` and ``order='review'`` (the review queue's
+        order, most worth a look first) are applied by the service."""
         params = _label_filters(flag, max_confidence, order) | {"format": "jsonl"}
         response = self._send("GET", f"/v1/jobs/{_id(job)}/labels", params=params, stream=True)
 

@@ -5,6 +5,7 @@ cookie's flags, and another tenant seeing none of it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -68,6 +69,48 @@ def test_the_queue_comes_in_benefit_order_and_drops_an_item_once_decided(trained
     after = httpx.get(f"{trained.base}/v1/jobs/{trained.job_id}/review-queue?limit=1000", headers=trained.auth).json()
     assert first not in [i["id"] for i in after["items"]]
     assert (after["remaining"], after["reviewed"]) == (q["remaining"] - 1, q["reviewed"] + 1)
+
+
+def test_labels_in_review_order_follow_the_queue_and_unranked_results_are_ranked_on_first_use(trained):
+    from sqlalchemy import update
+
+    from app.core.db import session_scope
+    from app.jobs.models import JobResult
+
+    def queue() -> list[tuple[str, float]]:
+        r = httpx.get(f"{trained.base}/v1/jobs/{trained.job_id}/review-queue?limit=1000", headers=trained.auth)
+        assert r.status_code == 200, r.text
+        return [(i["id"], i["benefit"]) for i in r.json()["items"]]
+
+    def review_ordered() -> list[dict]:
+        r = httpx.get(f"{trained.base}/v1/jobs/{trained.job_id}/labels?order=review", headers=trained.auth)
+        assert r.status_code == 200, r.text
+        return [json.loads(line) for line in r.text.splitlines()]
+
+    def stored() -> dict[str, tuple]:
+        with session_scope() as s:
+            rows = s.execute(
+                select(JobResult.external_id, JobResult.review_rank, JobResult.review_benefit).where(
+                    JobResult.job_id == trained.job_id
+                )
+            ).all()
+        return {i: (rank, benefit) for i, rank, benefit in rows}
+
+    before, ranks = queue(), stored()
+    assert sorted(rank for rank, _ in ranks.values()) == list(range(1, len(trained.candidates) + 1))
+    rows = review_ordered()
+    assert [r["id"] for r in rows] == sorted(ranks, key=lambda i: ranks[i][0])  # every row, reviewed ones too
+    assert [(r["id"], round(ranks[r["id"]][1], 6)) for r in rows if not r["reviewed"]] == before
+    # results stored without ranks (before migration 0011): the queue ranks them once, the same way
+    with session_scope() as s:
+        s.execute(
+            update(JobResult).where(JobResult.job_id == trained.job_id).values(review_rank=None, review_benefit=None)
+        )
+    assert set(stored().values()) == {(None, None)}
+    assert queue() == before
+    again = stored()
+    assert {i: rank for i, (rank, _) in again.items()} == {i: rank for i, (rank, _) in ranks.items()}
+    assert all(abs(again[i][1] - ranks[i][1]) < 1e-9 for i in ranks)
 
 
 def test_every_decision_is_kept_with_reviewer_and_time_and_the_latest_counts_in_the_export(trained):
@@ -240,7 +283,7 @@ def test_forms_without_the_csrf_token_are_refused_and_store_nothing(trained):
 
 
 def test_the_benefit_weighs_the_chance_of_a_wrong_label_by_the_pairs_confusion_and_adds_suspect_mass():
-    from app.ml.review import ReviewRow, pair_confusion, review_order
+    from app.ml.review import ReviewRow, pair_confusion, ranks, review_order
 
     def row(label, other, p, suspect=False, outside=0.0):
         return ReviewRow(label, p, {label: p, other: round(1 - p, 6)}, round(2 * p - 1, 6), outside, suspect)
@@ -261,3 +304,4 @@ def test_the_benefit_weighs_the_chance_of_a_wrong_label_by_the_pairs_confusion_a
     assert ranked.index(4) == 0  # outside mass 0.9 outweighs any doubt inside a set
     assert ranked.index(0) < ranked.index(3)  # same confidence, the more confused pair first
     assert ranked[-1] == 5 and order[-1][1] == 0.0
+    assert [ranks(rows)[i] for i in ranked] == [(n + 1, score) for n, (_, score) in enumerate(order)]

@@ -52,6 +52,7 @@ class JobChunk(Base):
 
 class JobResult(Base):
     __tablename__ = "job_results"
+    __table_args__ = (Index("ix_job_results_review_rank", "job_id", "review_rank"),)  # the review queue's order
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     item_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # items.seq
     external_id: Mapped[str] = mapped_column(String(255))
@@ -65,6 +66,10 @@ class JobResult(Base):
     prior_label: Mapped[str | None] = mapped_column(String(255))
     # the item's k-fold out-of-sample probabilities over all classes (cross_validation.folds), else null
     pred_probs_oos: Mapped[list | None] = mapped_column(JSONType, nullable=True)
+    # the item's place in the job's review queue (app/ml/review.py), from 1, and its expected benefit;
+    # null for results stored before migration 0011 until the queue first ranks them
+    review_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    review_benefit: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobAnnotator(Base):
@@ -84,11 +89,20 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
-def result_row(job_id, item_seq: int, item, pred_probs_oos: list[float] | None = None) -> dict:
-    """A job_results row from the engine's ItemResult (and its out-of-sample pred_probs row)."""
-    return {"job_id": job_id, "item_seq": item_seq, "external_id": item.id, "pred_probs_oos": pred_probs_oos} | {
-        f: getattr(item, f) for f in RESULT_FIELDS
-    }
+def result_row(
+    job_id, item_seq: int, item, review: tuple[int, float], pred_probs_oos: list[float] | None = None
+) -> dict:
+    """A job_results row from the engine's ItemResult, its (rank, benefit) in the review queue and
+    its out-of-sample pred_probs row."""
+    rank, benefit = review
+    return {
+        "job_id": job_id,
+        "item_seq": item_seq,
+        "external_id": item.id,
+        "pred_probs_oos": pred_probs_oos,
+        "review_rank": rank,
+        "review_benefit": benefit,
+    } | {f: getattr(item, f) for f in RESULT_FIELDS}
 
 
 def result_dict(row: JobResult) -> dict:

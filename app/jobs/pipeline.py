@@ -38,6 +38,7 @@ from app.ml.crossval import out_of_sample
 from app.ml.crowd import Votes
 from app.ml.engine import outputs
 from app.ml.features import ImageRef, decode_image, featurize
+from app.ml.review import ranks, review_row
 from app.ml.trainer import Cancelled, Checkpoint, Hooks, Progress, train
 from app.review.service import reviewed_candidates
 
@@ -362,10 +363,11 @@ def _store(jid: uuid.UUID, owner: str, tenant_id, dataset_id, classes: list[str]
             if state == states.CANCELLING:
                 _finish_cancel(session, jid)
             return
+        review = ranks([review_row(r) for r in out.items])
         session.execute(
             JobResult.__table__.insert(),
             [
-                result_row(jid, seq, r, None if oos is None else oos[n])
+                result_row(jid, seq, r, review[n], None if oos is None else oos[n])
                 for n, ((seq, _, _, _), r) in enumerate(zip(items, out.items, strict=True))
             ],
         )

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import case, select, tuple_
+from sqlalchemy import select, tuple_
 
 from app import exports
 from app.classifiers.models import ClassifierRow
@@ -23,6 +23,7 @@ from app.jobs.schemas import AnnotatorList, JobCreate, JobOut, JobPage, JobSumma
 from app.ml.votes import agreed
 from app.openapi import register
 from app.review import repository as review_repo
+from app.review import service as review_service
 from app.review.models import Review
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -92,9 +93,8 @@ def _rows(
     reads (at its own pace). Pages follow the order's key, so none is skipped or repeated. Each
     result comes with its item's annotations, its source and its latest review (label, none of
     these), if any."""
-    # review order: flagged rows (ambiguous or candidates suspect) first, then lowest margin first
-    rank = case((JobResult.ambiguous | JobResult.candidates_suspect, 0), else_=1)
-    key = (rank, JobResult.margin, JobResult.item_seq) if review else (JobResult.item_seq,)
+    # review order: the review queue's ranks, stored with the results (app/ml/review.py)
+    key = (JobResult.review_rank, JobResult.item_seq) if review else (JobResult.item_seq,)
     latest = review_repo.latest_ids(dataset_id).subquery()
     stmt = (
         select(JobResult, Item.annotations, Item.source, Review.id, Review.label, Review.none_of_these, *key[:-1])
@@ -190,8 +190,10 @@ def get_labels(
     order: Annotated[
         Literal["item", "review"],
         Query(
-            description="`item`: upload order. `review`: most in need of review first: the flagged rows (ambiguous or "
-            "candidates suspect) before the others, each group by margin, lowest first (then upload order)"
+            description="`item`: upload order. `review`: the review queue's order, reviewed items included: the "
+            "expected benefit of a person's look first (the chance the label is wrong, weighted by how much the job "
+            "confuses the item's pair of classes, plus the outside mass of a suspect set), then margin, then upload "
+            "order"
         ),
     ] = "item",
     from_name: Annotated[
@@ -220,6 +222,8 @@ def get_labels(
     session.commit()  # the connection goes back to the pool before the rows stream out
     if job.state != states.SUCCEEDED:
         raise Problem(409, "Job not finished", f"job {job.id} is {job.state}; labels exist once it has succeeded")
+    if order == "review":
+        review_service.ensure_ranked(session, job)
     dataset = session.get(Dataset, job.dataset_id)
     version = session.scalar(select(ClassifierRow.version).where(ClassifierRow.job_id == job.id))
     meta = exports.ExportMeta(

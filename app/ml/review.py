@@ -38,6 +38,18 @@ class ReviewRow:
     candidates_suspect: bool
 
 
+def review_row(result) -> ReviewRow:
+    """The queue's view of a label row: an engine ItemResult or a stored result (duck-typed)."""
+    return ReviewRow(
+        result.label,
+        result.confidence,
+        result.posterior,
+        result.margin,
+        result.outside_mass,
+        result.candidates_suspect,
+    )
+
+
 def runner_up(row: ReviewRow) -> str | None:
     """The second most probable candidate (None for a set of one)."""
     others = sorted(((p, c) for c, p in row.posterior.items() if c != row.label), reverse=True)
@@ -71,3 +83,12 @@ def review_order(rows: Sequence[ReviewRow]) -> list[tuple[int, float]]:
     confusion = pair_confusion(rows)
     scored = [(i, benefit(r, confusion)) for i, r in enumerate(rows)]
     return sorted(scored, key=lambda t: (-t[1], float(rows[t[0]].margin), t[0]))
+
+
+def ranks(rows: Sequence[ReviewRow]) -> list[tuple[int, float]]:
+    """(rank from 1, benefit) of each row, in the rows' order: what a job stores with its results,
+    so that the queue and the labels' ``order=review`` read one index instead of re-ranking."""
+    out: list[tuple[int, float]] = [(0, 0.0)] * len(rows)
+    for rank, (i, score) in enumerate(review_order(rows), start=1):
+        out[i] = (rank, score)
+    return out

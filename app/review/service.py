@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core import pagination
@@ -23,7 +23,7 @@ from app.datasets.models import Dataset, Item
 from app.jobs import service as jobs_service
 from app.jobs import states
 from app.jobs.models import Job, JobResult
-from app.ml.review import ReviewRow, review_order, runner_up
+from app.ml.review import ranks, review_row, runner_up
 from app.review import repository as repo
 from app.review.models import Review
 from app.review.schemas import QueueItem, ReviewCreate, ReviewOut, ReviewPage, ReviewQueue
@@ -38,23 +38,45 @@ def finished_job(session: Session, tenant: TenantRef, job_id: uuid.UUID) -> Job:
     return job
 
 
-def queue_rows(session: Session, job: Job) -> list[tuple[JobResult, float, str | None]]:
-    """Every result of the job not reviewed yet, most beneficial first: (result, benefit, runner-up)."""
+def ensure_ranked(session: Session, job: Job) -> None:
+    """Give the job's results their review rank and benefit where they lack them (results stored
+    before migration 0011, or by a worker of that age): once per job, the first time it is needed."""
+    unranked = select(JobResult.item_seq).where(JobResult.job_id == job.id, JobResult.review_rank.is_(None)).limit(1)
+    if session.scalar(unranked) is None:
+        return
     results = session.scalars(select(JobResult).where(JobResult.job_id == job.id).order_by(JobResult.item_seq)).all()
-    rows = [
-        ReviewRow(r.label, r.confidence, r.posterior, r.margin, r.outside_mass, r.candidates_suspect) for r in results
-    ]
-    reviewed = set(repo.latest(session, job.dataset_id))
-    return [
-        (results[i], score, runner_up(rows[i]))
-        for i, score in review_order(rows)
-        if results[i].item_seq not in reviewed
-    ]
+    ranked = ranks([review_row(r) for r in results])
+    session.execute(
+        update(JobResult),
+        [
+            {"job_id": job.id, "item_seq": r.item_seq, "review_rank": rank, "review_benefit": score}
+            for r, (rank, score) in zip(results, ranked, strict=True)
+        ],
+    )
+    session.flush()
+
+
+def queue_rows(
+    session: Session, job: Job, offset: int = 0, limit: int | None = None
+) -> tuple[list[tuple[JobResult, float, str | None]], int]:
+    """The job's results not reviewed yet, most beneficial first, from ``offset`` (``limit`` of
+    them): (result, benefit, runner-up) each; and how many are not reviewed in all. One indexed
+    read of the stored ranks."""
+    ensure_ranked(session, job)
+    latest = repo.latest_ids(job.dataset_id).subquery()
+    open_ = (
+        select(JobResult)
+        .outerjoin(latest, latest.c.item_seq == JobResult.item_seq)
+        .where(JobResult.job_id == job.id, latest.c.review_id.is_(None))
+    )
+    remaining = session.scalar(select(func.count()).select_from(open_.subquery())) or 0
+    page = session.scalars(open_.order_by(JobResult.review_rank).offset(offset).limit(limit)).all()
+    return [(r, float(r.review_benefit), runner_up(review_row(r))) for r in page], remaining
 
 
 def queue(session: Session, tenant: TenantRef, job_id: uuid.UUID, limit: int) -> ReviewQueue:
     job = finished_job(session, tenant, job_id)
-    ranked = queue_rows(session, job)
+    ranked, remaining = queue_rows(session, job, limit=limit)
     total = session.scalar(select(func.count()).select_from(JobResult).where(JobResult.job_id == job.id)) or 0
     items = [
         QueueItem(
@@ -71,9 +93,9 @@ def queue(session: Session, tenant: TenantRef, job_id: uuid.UUID, limit: int) ->
             candidates_suspect=r.candidates_suspect,
             prior_label=r.prior_label,
         )
-        for n, (r, score, other) in enumerate(ranked[:limit])
+        for n, (r, score, other) in enumerate(ranked)
     ]
-    return ReviewQueue(items=items, remaining=len(ranked), reviewed=total - len(ranked))
+    return ReviewQueue(items=items, remaining=remaining, reviewed=total - remaining)
 
 
 def _item_of_job(session: Session, job: Job, item_id: str) -> tuple[Item, JobResult]:

@@ -103,16 +103,20 @@ def report(session: Session, job: Job) -> dict:
 
 
 def review_item(session: Session, job: Job, pos: int) -> dict | None:
-    """The ``pos``-th item (from 0) of the job's queue with its candidates, or None past its end."""
-    ranked = queue_rows(session, job)
-    if not ranked:
+    """The ``pos``-th item (from 0) of the job's queue with its candidates (past the end, the
+    last), or None when every item has been reviewed."""
+    pos = max(pos, 0)
+    page, remaining = queue_rows(session, job, offset=pos, limit=1)
+    if not remaining:
         return None
-    pos = min(max(pos, 0), len(ranked) - 1)
-    result, score, other = ranked[pos]
+    if not page:  # past the end: the last one
+        pos = remaining - 1
+        page, remaining = queue_rows(session, job, offset=pos, limit=1)
+    result, score, other = page[0]
     candidates = sorted(result.posterior.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
         "pos": pos,
-        "remaining": len(ranked),
+        "remaining": remaining,
         "result": result,
         "benefit": score,
         "runner_up": other,
