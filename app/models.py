@@ -7,6 +7,7 @@ from app.jobs.models import FeatureRow, Job, JobAnnotator, JobChunk, JobResult
 from app.labelstudio.models import LabelStudioConnection
 from app.review.models import Review
 from app.tenants.models import ApiKey, IdempotencyRecord, Tenant
+from app.ui.models import UiSecret, UiSignin
 from app.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "LabelStudioConnection",
     "Review",
     "Tenant",
+    "UiSecret",
+    "UiSignin",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -282,6 +282,42 @@ def test_forms_without_the_csrf_token_are_refused_and_store_nothing(trained):
     assert review_count() == before + 1
 
 
+def test_signing_out_ends_the_session_for_a_copy_of_the_cookie_too(trained):
+    ui = signed_in(trained.base, trained.key)
+    copied = ui.cookies["candor_session"]
+    thief = httpx.Client(base_url=trained.base, cookies={"candor_session": copied}, follow_redirects=False)
+    assert thief.get("/ui/datasets").status_code == 200
+    r = ui.post("/ui/logout", data={"csrf": csrf_of(ui.get("/ui/datasets").text)})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    r = thief.get("/ui/datasets")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    # another sign-in of the same key is untouched
+    other = signed_in(trained.base, trained.key)
+    assert other.get("/ui/datasets").status_code == 200
+
+
+def test_api_processes_without_a_configured_secret_accept_each_others_cookies(trained, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CANDOR_UI_SECRET"} | {"CANDOR_EMBEDDED": "0"}
+    proc, second = serve(env, tmp_path / "serve.log")
+    try:
+        ui = signed_in(trained.base, trained.key)
+        cookie = {"candor_session": ui.cookies["candor_session"]}
+        r = httpx.get(f"{second}/ui/datasets", cookies=cookie, follow_redirects=False, timeout=30)
+        assert r.status_code == 200, r.text
+        # and a form served by one process is accepted by the other
+        there = httpx.Client(base_url=second, timeout=30)
+        page = there.get("/ui/login")
+        r = httpx.post(
+            f"{trained.base}/ui/login",
+            data={"key": trained.key, "csrf": csrf_of(page.text)},
+            cookies={"candor_signin": there.cookies["candor_signin"]},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+    finally:
+        stop(proc)
+
+
 def test_the_benefit_weighs_the_chance_of_a_wrong_label_by_the_pairs_confusion_and_adds_suspect_mass():
     from app.ml.review import ReviewRow, pair_confusion, ranks, review_order
 

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     )
     ui_secret: str = Field(
         "",
-        description="key that signs the web UI's session cookies and CSRF tokens; empty: a random key per process "
-        "(sessions end when the process restarts; set it when several API processes serve /ui/)",
+        description="key that signs the web UI's session cookies and CSRF tokens; empty: a random key made once and "
+        "kept in the database, shared by every API process",
     )
     ui_cookie_secure: bool = Field(False, description="mark the web UI's session cookie Secure (serve it over HTTPS)")
     ui_session_hours: float = Field(12.0, gt=0, description="how long a web UI sign-in lasts")

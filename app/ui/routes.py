@@ -113,9 +113,11 @@ async def signin(request: Request, db: DbDep, key: Annotated[str, Form()] = "", 
         )
         response.set_cookie(ui_session.PRE_COOKIE, nonce, **ui_session.cookie_args(600))
         return response
+    token = await run_in_threadpool(ui_session.issue, db, tenant)
+    await run_in_threadpool(db.commit)
     response = RedirectResponse("/ui/datasets", status_code=303)
     hours = ui_session.get_settings().ui_session_hours
-    response.set_cookie(ui_session.COOKIE, ui_session.issue(tenant), **ui_session.cookie_args(int(hours * 3600)))
+    response.set_cookie(ui_session.COOKIE, token, **ui_session.cookie_args(int(hours * 3600)))
     response.delete_cookie(ui_session.PRE_COOKIE, path="/ui")
     return response
 
@@ -127,6 +129,8 @@ def signout(request: Request, db: DbDep, csrf: Annotated[str, Form()] = ""):
         return _to_signin()
     if not ui.check_csrf(csrf):
         return _error(request, 403, "Forbidden", "missing or wrong CSRF token", ui)
+    ui_session.sign_out(db, ui)
+    db.commit()
     response = _to_signin()
     response.delete_cookie(ui_session.COOKIE, path="/ui")
     return response
