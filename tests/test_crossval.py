@@ -29,7 +29,7 @@ def problem(tiny):
     feats = F.normalize(centers[y] + 0.05 * torch.randn(n, centers.shape[1], generator=g), dim=1)
     mask = (torch.rand(n, len(CLASSES), generator=g) < 0.3).float()
     mask[torch.arange(n), y] = 1.0
-    return feats, mask
+    return feats, mask, y
 
 
 def small_cfg() -> CleanConfig:
@@ -47,7 +47,7 @@ def test_folds_partition_the_items_evenly_and_reproducibly():
 
 
 def test_an_items_row_does_not_depend_on_its_own_candidates(tiny, problem):
-    feats, mask = problem
+    feats, mask, _ = problem
     cfg = small_cfg()
     probs = out_of_sample(tiny, CLASSES, feats, mask, cfg, folds=3)
     assert probs.shape == (len(feats), len(CLASSES))
@@ -61,6 +61,42 @@ def test_an_items_row_does_not_depend_on_its_own_candidates(tiny, problem):
     again = out_of_sample(tiny, CLASSES, feats, other, cfg, folds=3)
     assert torch.allclose(again[held], probs[held], atol=1e-9)
     assert not torch.allclose(again[~held], probs[~held], atol=1e-6)
+
+
+def test_votes_train_each_fold_and_a_held_out_items_own_votes_do_not_score_it(tiny, problem):
+    from app.ml.crowd import Votes
+
+    feats, _, y = problem
+    n, k = len(feats), len(CLASSES)
+    wide = torch.ones(n, k)  # candidate sets say nothing: only the votes can teach
+
+    def annotations(truth: torch.Tensor) -> list[list[dict]]:
+        g = torch.Generator().manual_seed(7)  # the same noisy votes on every call
+        out = []
+        for i in range(n):
+            out.append([{"annotator": f"a{j}", "label": CLASSES[int(truth[i])]} for j in range(2)])
+            out[-1].append({"annotator": "noisy", "label": CLASSES[int(torch.randint(0, k, (1,), generator=g))]})
+        return out
+
+    index = {c: i for i, c in enumerate(CLASSES)}
+    cfg = small_cfg().with_overrides(train={"epochs": 4})
+    # the annotators call every class by another's name, against the prior: only folds taught by
+    # the votes follow them (on the tiny random backbone the prompt moves little in 4 epochs)
+    said = (y + 1) % k
+    votes = Votes.from_annotations(annotations(said), index)
+    with_votes = out_of_sample(tiny, CLASSES, feats, wide, cfg, folds=3, votes=votes)
+    without = out_of_sample(tiny, CLASSES, feats, wide, cfg, folds=3)
+    follows = float((with_votes.argmax(dim=1) == said).double().mean())
+    base = float((without.argmax(dim=1) == said).double().mean())
+    assert follows > base + 0.1, (follows, base)
+    # other votes on one fold's items: their rows do not move, the other folds' rows do
+    held = fold_of(n, 3, cfg.train.seed) == 0
+    moved = torch.where(held, y, said)
+    again = out_of_sample(
+        tiny, CLASSES, feats, wide, cfg, folds=3, votes=Votes.from_annotations(annotations(moved), index)
+    )
+    assert torch.allclose(again[held], with_votes[held], atol=1e-9)
+    assert not torch.allclose(again[~held], with_votes[~held], atol=1e-6)
 
 
 def test_a_job_with_folds_exports_out_of_sample_pred_probs_cleanlab_accepts(api, key, inline):  # noqa: F811

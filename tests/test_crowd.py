@@ -83,6 +83,24 @@ def test_a_single_wrong_vote_can_be_overruled_and_ground_truth_cannot():
     assert res.posterior[0].tolist() == [0.0, 1.0, 0.0]
 
 
+def test_a_subset_of_votes_renumbers_items_and_annotators_and_keeps_ground_truth():
+    anns = [
+        [{"annotator": "ann", "label": "cat"}],
+        [{"annotator": "bob", "label": "dog"}, {"annotator": "cy", "label": "bird", "ground_truth": True}],
+        None,
+        [{"annotator": "bob", "label": "cat"}],
+    ]
+    votes = Votes.from_annotations(anns, {c: k for k, c in enumerate(CLASSES)})
+    sub = votes.subset(torch.tensor([3, 1, 2]))
+    assert sub.n_items == 3 and sub.annotators == ["bob", "cy"]
+    who = [sub.annotators[j] for j in sub.annotator.tolist()]
+    got = sorted(zip(sub.item.tolist(), who, sub.label.tolist(), strict=True))
+    assert got == [(0, "bob", 0), (1, "bob", 1), (1, "cy", 2)]
+    assert sub.truth.tolist() == [-1, 2, -1]
+    assert votes.subset(torch.tensor([0])).truth is None
+    assert votes.subset(torch.tensor([2])) is None
+
+
 def test_items_without_annotations_leave_votes_off():
     assert Votes.from_annotations([None, [], None], {"cat": 0}) is None
     assert CleanConfig().votes.enabled and CleanConfig().votes.model == "adapter"

@@ -325,6 +325,7 @@ def _train(
     for row, (_, _, _, cands) in enumerate(items):
         mask[row, [index[c] for c in cands]] = 1.0
     hooks = _JobHooks(jid, get_settings().progress_interval, lease)
+    votes = Votes.from_annotations(annotations, index)
     result = train(
         backbone,
         classes,
@@ -333,7 +334,7 @@ def _train(
         cfg,
         hooks=Hooks(on_step=hooks.on_step, on_epoch_end=hooks.on_epoch_end, should_cancel=hooks.should_cancel),
         resume=resume,
-        votes=Votes.from_annotations(annotations, index),
+        votes=votes,
     )
     out = outputs(backbone, [x for _, x, _, _ in items], classes, mask, cfg, result)
     oos = None
@@ -347,6 +348,7 @@ def _train(
             cfg.cross_validation.folds,
             should_cancel=hooks.should_cancel,
             on_fold=hooks.on_fold,
+            votes=votes,
         )
         oos = [[round(float(p), 6) for p in row] for row in oos]
     retry_db(

@@ -5,9 +5,9 @@ same training a job runs (``app.ml.trainer.train``, same config, on the cached i
 learns on the other k-1 folds, and its classifier (learned prompt, mixed with the handcrafted
 prior at the weight that training chose) gives the held-out items their probabilities over all K
 classes. Every item is thus scored by a model that never saw it, which is what
-``cleanlab.filter.find_label_issues`` asks of ``pred_probs``. The folds train on the candidate
-sets alone: annotators' votes (``votes.*``), which the job's own labels may come from, do not
-enter them, so on a votes job these probabilities judge the labels by the images and sets only.
+``cleanlab.filter.find_label_issues`` asks of ``pred_probs``. On a job with annotators' votes
+(``votes.*``) each fold's training models the annotators from the votes on its own k-1 folds, as
+the job does on all items; the held-out items' votes enter nothing that scores them.
 
 Cost: k more trainings, each on (k-1)/k of the items: about k - 1 times the training time of
 the job on top of it (5 folds: about 4x more). Featurisation is not repeated: the folds use the
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from app.ml.backbones import Backbone
 from app.ml.config import CleanConfig
+from app.ml.crowd import Votes
 from app.ml.objectives import log_mix
 from app.ml.trainer import Hooks, train
 
@@ -58,8 +59,10 @@ def out_of_sample(
     folds: int,
     should_cancel: Callable[[], bool] | None = None,
     on_fold: Callable[[int, int], None] | None = None,
+    votes: Votes | None = None,
 ) -> torch.Tensor:
-    """(N, K) out-of-sample probabilities: each row from the training on the other folds."""
+    """(N, K) out-of-sample probabilities: each row from the training on the other folds (and on
+    their votes, when given)."""
     n = features.shape[0]
     fold = fold_of(n, folds, cfg.train.seed)
     out = torch.zeros(n, len(classes), dtype=torch.float64)
@@ -75,6 +78,7 @@ def out_of_sample(
             mask[kept],
             cfg,
             hooks=Hooks(should_cancel=should_cancel) if should_cancel else None,
+            votes=None if votes is None else votes.subset(kept),
         )
         out[held] = held_out_probs(
             features[held], result.class_features, result.prior_features, result.logit_scale, result.prior_weight

@@ -75,6 +75,27 @@ class Votes:
             truth=truth if bool((truth >= 0).any()) else None,
         )
 
+    def subset(self, items: torch.Tensor) -> Votes | None:
+        """The votes on ``items`` (indices, in their order), renumbered 0..len(items)-1; the
+        annotators keep their names. None when none of those items has a vote."""
+        new = torch.full((self.n_items,), -1, dtype=torch.long)
+        new[items] = torch.arange(items.numel())
+        keep = new[self.item] >= 0
+        if not bool(keep.any()):
+            return None
+        used = torch.unique(self.annotator[keep])
+        renum = torch.full((len(self.annotators),), -1, dtype=torch.long)
+        renum[used] = torch.arange(used.numel())
+        truth = None if self.truth is None else self.truth[items]
+        return Votes(
+            item=new[self.item[keep]],
+            annotator=renum[self.annotator[keep]],
+            label=self.label[keep],
+            annotators=[self.annotators[j] for j in used.tolist()],
+            n_items=int(items.numel()),
+            truth=truth if truth is not None and bool((truth >= 0).any()) else None,
+        )
+
     def has_votes(self) -> torch.Tensor:
         """(N,) bool: items with at least one vote."""
         out = torch.zeros(self.n_items, dtype=torch.bool)
