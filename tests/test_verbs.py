@@ -268,6 +268,44 @@ def stored(tenant_key: dict, table) -> set[str]:
         return set(s.scalars(select(table.sha256).where(table.tenant_id == tenant)))
 
 
+def test_a_dataset_deleted_while_an_upload_reuses_its_image_keeps_that_image(api):
+    """The upload's transaction has found image 50 stored (and will not store it again) when the
+    dataset that brought it is deleted: the deletion waits for the upload and then keeps the image."""
+    import threading
+
+    from app.core.db import get_sessionmaker
+    from app.datasets import repository as repo
+    from app.datasets.models import Dataset, ImageBlob, Item
+
+    a = new_key("race")
+    first, second = upload(api, a, [50]), upload(api, a, [51])
+    uploading = get_sessionmaker()()
+    tenant = uploading.scalar(select(Dataset.tenant_id).where(Dataset.id == uuid.UUID(first)))
+    assert repo.existing_images(uploading, tenant, [sha(50)]) == {sha(50)}
+    done = threading.Event()
+
+    def delete_first():
+        with get_sessionmaker()() as deleting:
+            repo.delete_dataset(deleting, tenant, uuid.UUID(first))
+            deleting.commit()
+        done.set()
+
+    deleter = threading.Thread(target=delete_first)
+    deleter.start()
+    try:
+        assert not done.wait(1.5)  # waits for the upload
+        uploading.add(Item(dataset_id=uuid.UUID(second), external_id="it-50", image_sha256=sha(50), candidates=CLASSES))
+        uploading.commit()
+    finally:
+        uploading.close()
+        deleter.join(30)
+    assert done.is_set()
+    assert stored(a, ImageBlob) == {sha(50), sha(51)}
+    assert api.get(f"/v1/datasets/{first}", headers=a).status_code == 404
+    got = api.get(f"/v1/datasets/{second}/items", headers=a).json()["items"]
+    assert sorted(i["id"] for i in got) == ["it-50", "it-51"]
+
+
 def test_delete_a_dataset_removes_its_items_jobs_and_the_images_only_it_used(api, sent):
     from app.core.db import session_scope
     from app.datasets.models import ImageBlob, Item

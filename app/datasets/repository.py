@@ -40,14 +40,14 @@ def items_by_external_id(session: Session, dataset_id: uuid.UUID, ids: Sequence[
 
 
 def existing_images(session: Session, tenant_id: uuid.UUID, hashes: Sequence[str]) -> set[str]:
+    """The hashes the tenant already stores, each row key-share locked until the transaction ends
+    (in hash order): a dataset deletion cannot remove an image this upload is about to reuse."""
     found: set[str] = set()
+    hashes = sorted(hashes)
     for start in range(0, len(hashes), 1000):
         chunk = hashes[start : start + 1000]
-        found.update(
-            session.scalars(
-                select(ImageBlob.sha256).where(ImageBlob.tenant_id == tenant_id, ImageBlob.sha256.in_(chunk))
-            )
-        )
+        stmt = select(ImageBlob.sha256).where(ImageBlob.tenant_id == tenant_id, ImageBlob.sha256.in_(chunk))
+        found.update(session.scalars(stmt.order_by(ImageBlob.sha256).with_for_update(read=True, key_share=True)))
     return found
 
 
@@ -124,6 +124,10 @@ def delete_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID
         .where(Item.dataset_id.in_(select(Dataset.id).where(Dataset.tenant_id == tenant_id))),
     )
     orphans = select(ImageBlob.sha256).where(ImageBlob.tenant_id == tenant_id, orphan)
+    # Lock the would-be orphans first (waiting for uploads that are reusing them: existing_images),
+    # then delete in new statements, which see what those uploads committed meanwhile (PostgreSQL's
+    # read committed takes a snapshot per statement): an image another dataset now refers to stays.
+    session.execute(orphans.order_by(ImageBlob.sha256).with_for_update()).all()
     session.execute(
         delete(FeatureRow)
         .where(FeatureRow.tenant_id == tenant_id, FeatureRow.sha256.in_(orphans))
