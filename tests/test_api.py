@@ -78,11 +78,13 @@ def test_revoked_key_stops_working_after_the_cache_ttl(client, db, auth, monkeyp
 def test_keys_are_stored_only_as_hashes(db, auth):
     from sqlalchemy import select
 
+    from app.core.security import hash_key
     from app.tenants.models import ApiKey
 
     key = auth["Authorization"].split()[1]
-    stored = db.scalars(select(ApiKey)).all()
-    assert stored and all(key.encode() not in (k.key_hash or b"") and k.prefix == key[:12] for k in stored)
+    stored = db.scalars(select(ApiKey).where(ApiKey.prefix == key[:12])).all()  # this test's key only
+    assert len(stored) == 1 and stored[0].key_hash == hash_key(key) and len(stored[0].key_hash) == 32
+    assert key.encode() not in stored[0].key_hash
 
 
 def test_dataset_create_list_detail(client, auth):
