@@ -144,12 +144,15 @@ def test_labels_filtered_by_flag_and_confidence(api, acme, trained):
     assert [line.split(",")[0] for line in csv_ids.text.splitlines()[1:]] == [r["id"] for r in rows if r["ambiguous"]]
 
 
-def test_labels_in_review_order_flagged_first_then_lowest_margin(api, acme, trained, monkeypatch):
+def test_labels_in_review_order_follow_the_review_queues_benefit_page_by_page(api, acme, trained, monkeypatch):
+    from types import SimpleNamespace
+
     from app.jobs import routes
+    from app.ml.review import review_order, review_row
 
     _, job = trained
     rows = labels(api, acme, job)
-    expected = sorted(rows, key=lambda r: (not (r["ambiguous"] or r["candidates_suspect"]), r["margin"]))
+    expected = [rows[i] for i, _ in review_order([review_row(SimpleNamespace(**r)) for r in rows])]
     assert labels(api, acme, job, order="review") == expected
     assert [r["id"] for r in expected] != [r["id"] for r in rows]  # the order says something here
     monkeypatch.setattr(routes, "LABEL_PAGE", 4)  # several pages, each continuing after the last row's key
