@@ -249,6 +249,8 @@ def cmd_labels(args: argparse.Namespace) -> int:
             order=args.order,
             from_name=args.from_name,
             to_name=args.to_name,
+            label_question=args.label_question,
+            candidates_question=args.candidates_question,
         )
     if fmt not in ("jsonl", "csv"):
         print(f"wrote the labels as {fmt} to {out}", file=sys.stderr)
@@ -413,6 +415,13 @@ def add_remote_parser(sub: Any) -> None:
     lb.add_argument(
         "--to-name",
         help="--format labelstudio: the <Image> name (default: the one a Label Studio import recorded, else image)",
+    )
+    lb.add_argument(
+        "--label-question", help="--format argilla: the single-label question the label answers (default: label)"
+    )
+    lb.add_argument(
+        "--candidates-question",
+        help="--format argilla: the multi-label question the ranked candidates answer (default: candidates)",
     )
     lb.add_argument("--flag", choices=("ambiguous", "candidates_suspect"), help="only the rows with this flag")
     lb.add_argument("--max-confidence", type=float, help="only the rows at most this confident")

@@ -505,17 +505,29 @@ class Client:
         order: str | None = None,
         from_name: str | None = None,
         to_name: str | None = None,
+        label_question: str | None = None,
+        candidates_question: str | None = None,
     ) -> Path:
         """Write a finished job's labels to ``path`` (the file appears whole or not at all) in one of
         the formats of :data:`candor.formats.LABEL_FORMATS`: 'jsonl', 'csv', 'labelstudio' (Label Studio
         predictions; ``from_name``/``to_name`` name the label config's <Choices> and <Image>),
-        'argilla' (Argilla 2.x records), 'fiftyone' (labels.json), 'pred_probs' (cleanlab's N x K
+        'argilla' (Argilla 2.x records; ``label_question``/``candidates_question`` name the dataset's
+        single-label and multi-label questions), 'fiftyone' (labels.json), 'pred_probs' (cleanlab's N x K
         probabilities, out-of-sample when the job ran with cross_validation.folds) or
         'pred_probs_npz' (the same as NumPy arrays: ``np.load(path, allow_pickle=False)``).
         Returns the path."""
         if format not in FORMATS:
             raise ValueError(f"unknown labels format {format}; one of {', '.join(FORMATS)}")
-        names = {k: v for k, v in (("from_name", from_name), ("to_name", to_name)) if v is not None}
+        names = {
+            k: v
+            for k, v in (
+                ("from_name", from_name),
+                ("to_name", to_name),
+                ("label_question", label_question),
+                ("candidates_question", candidates_question),
+            )
+            if v is not None
+        }
         params = _label_filters(flag, max_confidence, order) | {"format": format} | names
         target = Path(path)
         response = self._send("GET", f"/v1/jobs/{_id(job)}/labels", params=params, stream=True)

@@ -57,6 +57,26 @@ def test_argilla_export_is_the_sdks_record_json_with_model_suggestions(api):  # 
         }
 
 
+def test_argilla_suggestions_answer_the_question_names_asked_for_and_bad_names_are_422(api):  # noqa: F811
+    job_id, key = finished_job(api)
+    records = labels(api, key, job_id, format="argilla", label_question="category", candidates_question="options")
+    for rec in records:
+        parsed = rg.Record.from_dict(rec)
+        assert set(rec["suggestions"]) == {"category", "options"}
+        label, post, *_ = RESULTS[rec["id"]]
+        assert parsed.suggestions["category"].value == label
+        assert parsed.suggestions["options"].value == sorted(post, key=lambda c: -post[c])
+    url = f"/v1/jobs/{job_id}/labels"
+    for params, needle in [
+        ({"format": "argilla", "label_question": "Category"}, "label_question"),
+        ({"format": "argilla", "candidates_question": "--"}, "candidates_question"),
+        ({"format": "argilla", "label_question": "x", "candidates_question": "x"}, "both 'x'"),
+    ]:
+        r = api.get(url, params=params, headers=key)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert needle in json.dumps(r.json()), r.text
+
+
 def sdk_export(tmp_path, with_settings: bool) -> bytes:
     """An Argilla export as the SDK writes it: records.json (+ .argilla/settings.json), zipped.
     ``Record.to_dict`` leaves the responses' status out; with settings, the responses are written

@@ -20,6 +20,7 @@ from app.jobs import repository as repo
 from app.jobs import service, states
 from app.jobs.models import JobAnnotator, JobResult, result_dict
 from app.jobs.schemas import AnnotatorList, JobCreate, JobOut, JobPage, JobSummary, LabelRow
+from app.ml.text import show
 from app.ml.votes import agreed
 from app.openapi import register
 from app.review import repository as review_repo
@@ -82,6 +83,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep):
 
 
 LABEL_PAGE = 1000
+ARGILLA_NAME = r"^[a-z0-9_-]*[a-z0-9][a-z0-9_-]*$"  # what an Argilla 2.x server takes as a question name
 Flag = Literal["ambiguous", "candidates_suspect"]
 
 
@@ -166,7 +168,7 @@ DOWNLOAD_HEADERS = {
 @router.get(
     "/{job_id}/labels",
     response_class=StreamingResponse,
-    responses={200: LABELS_OK | {"headers": DOWNLOAD_HEADERS}, 404: PROBLEM, 409: PROBLEM},
+    responses={200: LABELS_OK | {"headers": DOWNLOAD_HEADERS}, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
 )
 def get_labels(
     job_id: uuid.UUID,
@@ -214,6 +216,26 @@ def get_labels(
             "with the item, else `image`)",
         ),
     ] = None,
+    label_question: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=ARGILLA_NAME,
+            description="`format=argilla`: the name of the dataset's single-label question the `label` suggestion "
+            "answers (default `label`)",
+        ),
+    ] = None,
+    candidates_question: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=ARGILLA_NAME,
+            description="`format=argilla`: the name of the multi-label question the ranked candidates suggestion "
+            "answers (default `candidates`)",
+        ),
+    ] = None,
 ):
     """The cleaned labels, streamed: label, confidence, posterior over the candidates, margin,
     mass outside the candidates, flags, and the zero-shot prior's choice. Filter with `flag` and
@@ -226,9 +248,21 @@ def get_labels(
         review_service.ensure_ranked(session, job)
     dataset = session.get(Dataset, job.dataset_id)
     version = session.scalar(select(ClassifierRow.version).where(ClassifierRow.job_id == job.id))
+    argilla_names = {"argilla_label": label_question, "argilla_candidates": candidates_question}
     meta = exports.ExportMeta(
-        classes=tuple(dataset.classes), model_version=version, from_name=from_name, to_name=to_name
+        classes=tuple(dataset.classes),
+        model_version=version,
+        from_name=from_name,
+        to_name=to_name,
+        **{k: v for k, v in argilla_names.items() if v is not None},
     )
+    if meta.argilla_label == meta.argilla_candidates:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"label_question and candidates_question are both {show(meta.argilla_label)}; an Argilla record takes "
+            "one suggestion per question",
+        )
     session.commit()
 
     def rows() -> Iterator[dict]:
