@@ -16,8 +16,9 @@ Candor runs from the product's virtual environment (``--candor``, its `candor` c
    extra params with Label Studio's URL and token) and Label Studio is asked for a prediction on
    a task: Label Studio calls Candor's /predict, which fetches the task image from Label Studio.
 6. The webhook Label Studio made for the model, given the API key as a header, carries an
-   ANNOTATION_CREATED event to Candor, which starts a new job on the dataset (the connection's
-   extra params say `train`); it is cancelled at once.
+   ANNOTATION_CREATED event to Candor, which puts the annotation into the dataset (the task was not
+   in it: it becomes an item, its image fetched from Label Studio) and starts a new job on the
+   dataset (the connection's extra params say `train`); the job is cancelled at once.
 
 Prints each step's time and the total; exits non-zero on the first failure.
 """
@@ -25,6 +26,7 @@ Prints each step's time and the total; exits non-zero on the first failure.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -331,6 +333,13 @@ def main() -> int:
         check(started[0]["dataset_id"] == dataset, f"the new job is on dataset {started[0]['dataset_id']}")
         api.post(f"/v1/jobs/{started[0]['id']}/cancel")
         step(f"an annotation on task {target.id} started job {started[0]['id']} through the webhook")
+        # the annotated task was not in the dataset: it is now, with its image fetched from Label Studio
+        held = {i["id"]: i for i in api.get(f"/v1/datasets/{dataset}/items", params={"limit": 1000}).json()["items"]}
+        new = held.get(str(target.id))
+        check(new is not None, f"task {target.id} did not enter the dataset through the webhook")
+        check([a["label"] for a in new["annotations"]] == [got[0]], f"task {target.id}: {new['annotations']}")
+        check(new["image_sha256"] == hashlib.sha256(png).hexdigest(), f"task {target.id}: another image")
+        step(f"the annotation entered the dataset as item {target.id} ({got[0]}), its image fetched from Label Studio")
         step(f"PASSED in {time.monotonic() - STARTED:.0f} s")
         return 0
     finally:

@@ -411,11 +411,11 @@ def test_an_annotation_webhook_starts_a_job_only_when_the_connection_trains(serv
     event = {"action": "ANNOTATION_CREATED", "project": {"id": 4}, "annotation": {"id": 1}, "task": {"id": 101}}
     with httpx.Client(timeout=30) as c:
         r = c.post(f"{root}/webhook", json={"action": "PROJECT_UPDATED"}, headers=auth)
-        assert r.status_code == 201 and r.json() == {"status": "Unknown event", "job_id": None}
+        assert r.status_code == 201 and r.json() == {"status": "Unknown event", "job_id": None, "item": None}
         r = c.post(f"{root}/setup", json={"project": "4.1", "schema": label_config()}, headers=auth)
         assert r.status_code == 200
         r = c.post(f"{root}/webhook", json=event, headers=auth)
-        assert r.status_code == 201 and r.json() == {"status": "ok", "job_id": None}
+        assert r.status_code == 201 and r.json() == {"status": "ok", "job_id": None, "item": None}
         setup = {"project": "4.1", "schema": label_config(), "extra_params": {"train": True}}
         assert c.post(f"{root}/setup", json=setup, headers=auth).status_code == 200
         r = c.post(f"{root}/webhook", json=event, headers=auth)
@@ -424,6 +424,73 @@ def test_an_annotation_webhook_starts_a_job_only_when_the_connection_trains(serv
         assert job.json()["dataset_id"] == imported["dataset"]
         assert job.json()["config"]["backbone"] == "tiny"
         c.post(f"{service}/v1/jobs/{job.json()['id']}/cancel", headers={"Authorization": f"Bearer {imported['key']}"})
+
+
+def test_an_annotation_event_enters_the_dataset_before_the_job_it_starts(service, imported, images):
+    import hashlib
+
+    clf = imported["job"]["classifier_id"]
+    root = f"{service}/v1/labelstudio/{clf}"
+    auth = basic(imported["key"])
+    project = {"id": 4, "label_config": label_config()}
+    started: list[str] = []
+    with httpx.Client(timeout=60) as c, api(service, imported["key"]) as bearer:
+
+        def items() -> dict[str, dict]:
+            got = bearer.get(f"/v1/datasets/{imported['dataset']}/items", params={"limit": 1000})
+            return {i["id"]: i for i in got.json()["items"]}
+
+        def send(action: str, task: dict, ann: dict) -> dict:
+            r = c.post(f"{root}/webhook", json={"action": action, "project": project, "task": task, "annotation": ann},
+                       headers=auth)  # fmt: skip
+            assert r.status_code == 201, r.text
+            started.append(r.json()["job_id"])
+            return r.json()
+
+        setup = {
+            "project": "4.1",
+            "schema": label_config(),
+            "extra_params": {"url": images.url, "token": TOKEN, "train": True},
+        }
+        assert c.post(f"{root}/setup", json=setup, headers=auth).status_code == 200
+        before = items()["102"]
+        task = {"id": 102, "data": imported["tasks"][1]["data"], "project": 4}
+        # a new annotator's vote joins the item, and the candidate set follows the policy
+        assert send("ANNOTATION_CREATED", task, annotation(5000, 7, "dress"))["item"] == "updated"
+        after = items()["102"]
+        assert after["annotations"] == before["annotations"] + [
+            {"annotator": "7", "label": "dress", "ground_truth": False}
+        ]
+        assert "dress" in after["candidates"] and after["image_sha256"] == before["image_sha256"]
+        # the annotator changes their mind: the vote is replaced, not added
+        assert send("ANNOTATION_UPDATED", task, annotation(5000, 7, "coat"))["item"] == "updated"
+        assert [a["label"] for a in items()["102"]["annotations"] if a["annotator"] == "7"] == ["coat"]
+        assert send("ANNOTATION_UPDATED", task, annotation(5000, 7, "coat"))["item"] == "unchanged"
+        # a cancelled annotation takes the vote away
+        assert send("ANNOTATION_UPDATED", task, annotation(5000, 7, "coat", cancelled=True))["item"] == "updated"
+        assert items()["102"]["annotations"] == before["annotations"]
+        assert items()["102"]["candidates"] == before["candidates"]
+        # a task the dataset does not hold becomes an item, its image fetched from Label Studio
+        new = {"id": 990, "data": {"img": "/public/b.png"}, "project": 4}
+        answer = send("ANNOTATION_CREATED", new, annotation(5001, 7, "shirt"))
+        assert answer["item"] == "created" and answer["job_id"]
+        item = items()["990"]
+        assert item["image_sha256"] == hashlib.sha256(png_bytes(4)).hexdigest()
+        assert item["annotations"] == [{"annotator": "7", "label": "shirt", "ground_truth": False}]
+        assert item["candidates"] == ["shirt"]
+        assert item["source"] == {"tool": "labelstudio", "task": 990, "from_name": "garment", "to_name": "photo",
+                                  "project": 4}  # fmt: skip
+        # a choice that is not a class: 422 naming the task, nothing stored
+        r = c.post(
+            f"{root}/webhook",
+            json={"action": "ANNOTATION_CREATED", "project": {"id": 4}, "task": task,
+                  "annotation": annotation(5002, 8, "jumper")},
+            headers=auth,
+        )  # fmt: skip
+        assert r.status_code == 422 and "task 102" in r.json()["detail"] and "jumper" in r.json()["detail"]
+        assert items()["102"]["annotations"] == before["annotations"]
+        for job_id in {j for j in started if j}:
+            bearer.post(f"/v1/jobs/{job_id}/cancel")
 
 
 # ---- the CLI and client against Label Studio's API ------------------------------------------------

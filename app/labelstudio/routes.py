@@ -116,6 +116,7 @@ async def labelstudio_predict(classifier_id: uuid.UUID, request: Request, sessio
 )
 async def labelstudio_webhook(classifier_id: uuid.UUID, request: Request, session: SessionDep, tenant: TenantDep):
     """Label Studio's events: ANNOTATION_CREATED, ANNOTATION_UPDATED and START_TRAINING start a new
-    job on the classifier's dataset when the project's connection has `train` on."""
+    job on the classifier's dataset when the project's connection has `train` on; an annotation
+    event's vote enters the dataset first (the task's item, or a new item), as `item` says."""
     body = await _body(request)
     return await run_in_threadpool(service.webhook, session, tenant, classifier_id, body)

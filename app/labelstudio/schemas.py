@@ -75,3 +75,8 @@ class LabelStudioMetrics(BaseModel):
 class LabelStudioWebhookAnswer(BaseModel):
     status: str = Field(description="`ok`, or `Unknown event` for an action that does not train")
     job_id: str | None = Field(None, description="the job the event started (or the one already running)")
+    item: str | None = Field(
+        None,
+        description="what an annotation event did to the dataset: `updated` (the task's item took the annotator's "
+        "new vote), `created` (a task the dataset did not hold became an item), `unchanged`, or `skipped: <why>`",
+    )

@@ -32,7 +32,18 @@ from app.core.problems import Problem, not_found
 from app.core.security import TenantRef, tenant_for_key
 from app.core.settings import get_settings
 from app.datasets import repository as datasets_repo
-from app.imports.labelstudio import LabelConfig, LabelConfigError, check_classes, parse_label_config
+from app.datasets import service as datasets
+from app.datasets.models import Item
+from app.datasets.service import Incoming
+from app.imports.labelstudio import (
+    TOOL,
+    LabelConfig,
+    LabelConfigError,
+    annotator,
+    check_classes,
+    parse_label_config,
+    task_annotations,
+)
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs
 from app.jobs.leases import LIVE
@@ -47,7 +58,9 @@ from app.labelstudio.schemas import (
     LabelStudioTaskPrediction,
     LabelStudioWebhookAnswer,
 )
+from app.ml.data import InputError
 from app.ml.text import show
+from app.ml.votes import CandidatePolicy, derive_candidates, validate_annotations
 from app.webhooks.addresses import RefusedAddress, check_url
 from app.webhooks.delivery import GuardedBackend
 
@@ -339,29 +352,111 @@ def predict(
 
 
 # ---- webhook -------------------------------------------------------------------------------------
+PULL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+
 def webhook(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: dict) -> LabelStudioWebhookAnswer:
-    """An annotation event of a project whose connection has ``train`` on starts a new job on the
-    classifier's dataset with the classifier's job config (not when one is queued or running)."""
+    """An annotation event of a project whose connection has ``train`` on: the event's annotation
+    enters the classifier's dataset first (:func:`pull_annotation`), then a new job starts on the
+    dataset with the classifier's job config (not when one is queued or running: that one is named,
+    and the next event's job sees the annotation)."""
     action = body.get("action")
     if action not in TRAIN_EVENTS:
         return LabelStudioWebhookAnswer(status="Unknown event")
     row = classifiers.require_classifier(session, tenant, classifier_id)
     project = body.get("project")
-    project = project.get("id") if isinstance(project, dict) else project
-    conn = _connection(session, tenant, classifier_id, project_id(project))
+    project_key = project_id(project.get("id") if isinstance(project, dict) else project)
+    conn = _connection(session, tenant, classifier_id, project_key)
     if conn is None or not conn.train:
         session.commit()
         return LabelStudioWebhookAnswer(status="ok")
+    item = None
+    if action in PULL_EVENTS:
+        item = pull_annotation(session, tenant, row.dataset_id, conn, body)
     # one event at a time per dataset, so two events never start two jobs
     datasets_repo.lock_dataset(session, tenant.id, row.dataset_id, shared=False)
     live = jobs_repo.live_jobs(session, row.dataset_id, LIVE)
     if live:
         session.commit()
-        return LabelStudioWebhookAnswer(status="ok", job_id=str(live[0]))
+        return LabelStudioWebhookAnswer(status="ok", job_id=str(live[0]), item=item)
     config = session.scalar(select(Job.config).where(Job.id == row.job_id))
     job = jobs.create_job(session, tenant, JobCreate(dataset_id=row.dataset_id, config=config or {}))
     session.commit()
-    return LabelStudioWebhookAnswer(status="ok", job_id=str(job.id))
+    return LabelStudioWebhookAnswer(status="ok", job_id=str(job.id), item=item)
+
+
+def _event_config(body: dict, item: Item | None, classes: list[str]) -> LabelConfig | None:
+    """The labeling config of the event's project (Label Studio sends it with the project), else
+    the <Choices> and <Image> names the item was imported with; None when neither is there."""
+    project = body.get("project")
+    text = project.get("label_config") if isinstance(project, dict) else None
+    if isinstance(text, str) and text.strip():
+        return _config(text, classes, "project.label_config")
+    src = item.source if item is not None and isinstance(item.source, dict) else {}
+    if src.get("tool") == TOOL and isinstance(src.get("from_name"), str):
+        return LabelConfig(src["from_name"], str(src.get("to_name", "image")), "image", tuple(classes))
+    return None
+
+
+def pull_annotation(
+    session: Session, tenant: TenantRef, dataset_id: uuid.UUID, conn: LabelStudioConnection, body: dict
+) -> str:
+    """Put an ANNOTATION_CREATED/UPDATED event's annotation into the dataset: on the item of the
+    task's id, the annotator's vote is replaced (or added; a cancelled annotation, or one without a
+    choice, takes it away) and the candidate set derived again by the dataset's policy; a task
+    the dataset does not hold yet becomes a new item, its image fetched from Label Studio like
+    /predict's. What happened: ``updated``, ``created``, ``unchanged`` or ``skipped: <why>``.
+    Problem 422 naming the task for an event Candor cannot read."""
+    task, annotation = body.get("task"), body.get("annotation")
+    tid = task.get("id") if isinstance(task, dict) else None
+    if not isinstance(tid, int) or isinstance(tid, bool) or not isinstance(annotation, dict):
+        raise Problem(422, "Invalid event", "an annotation event needs 'task' with an integer 'id' and 'annotation'")
+    # one event at a time per dataset: two events on one task never lose either vote
+    ds = datasets_repo.lock_dataset(session, tenant.id, dataset_id, shared=False)
+    classes = list(ds.classes)
+    item = datasets_repo.items_by_external_id(session, dataset_id, [str(tid)]).get(str(tid))
+    config = _event_config(body, item, classes)
+    if config is None:
+        return "skipped: the event carries no label config and the task is not one of the dataset's"
+    votes = task_annotations({"id": tid, "annotations": [annotation]}, config, set(classes))
+    who = annotator(annotation)
+    policy = CandidatePolicy.model_validate(ds.candidate_policy or {})
+    if item is not None:
+        kept = [v for v in item.annotations or () if v.get("annotator") != who]
+        merged = kept + votes
+        if merged == list(item.annotations or ()):
+            return "unchanged"
+        if not merged:
+            return f"skipped: task {tid} would have no vote left"
+        try:
+            merged = validate_annotations(f"task {tid}", merged, {c: k for k, c in enumerate(classes)})
+            derived = item.source is not None and item.source.get("tool") == TOOL
+            candidates = derive_candidates(f"task {tid}", merged, policy) if derived else list(item.candidates)
+        except InputError as exc:
+            raise Problem(422, "Invalid event", str(exc)) from exc
+        item.annotations, item.candidates = merged, candidates
+        session.flush()
+        return "updated"
+    if not votes:
+        return f"skipped: task {tid} is not in the dataset and the annotation gives no choice"
+    data = task.get("data")
+    ref = data.get(config.data_key) if isinstance(data, dict) else None
+    if not isinstance(ref, str) or not ref:
+        raise Problem(422, "Invalid event", f"task {tid}: its data has no {show(config.data_key)} image URL")
+    session.commit()  # no transaction stays open while the image is fetched
+    try:
+        blob = ImageFetcher(conn)(ref)
+    except FetchError as exc:
+        raise Problem(422, "Task image not fetched", f"task {tid}: image {show(ref, 200)}: {exc}") from exc
+    source = {"tool": TOOL, "task": tid, "from_name": config.from_name, "to_name": config.to_name}
+    project = task.get("project")
+    if isinstance(project, int) and not isinstance(project, bool):
+        source["project"] = project
+    ds = datasets_repo.lock_dataset(session, tenant.id, dataset_id, shared=False)
+    incoming = Incoming(index=0, id=str(tid), candidates=None, read=lambda: blob, annotations=votes, source=source)
+    result = datasets.ingest(session, tenant, ds, [incoming])  # 422 if the task arrived meanwhile with other votes
+    session.flush()
+    return "created" if result.created else "unchanged"
 
 
 def model_version(session: Session, tenant: TenantRef, classifier_id: uuid.UUID) -> str:
