@@ -223,6 +223,27 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labelstudio_rekey(args: argparse.Namespace) -> int:
+    settings = service_settings(args)
+    from app.core.db import session_scope
+    from app.labelstudio.tokens import TokenError, rekey
+
+    try:
+        with session_scope() as session:
+            sealed, unreadable = rekey(session)
+    except TokenError as exc:
+        print(f"candor: error: {exc}", file=sys.stderr)
+        return 2
+    where = database_label(settings.effective_database_url)
+    print(f"{sealed} Label Studio tokens in {where} sealed with the first key of CANDOR_LABELSTUDIO_TOKEN_KEYS",
+          file=sys.stderr)  # fmt: skip
+    if unreadable:
+        print(f"{unreadable} tokens no key opens were left as they are: save those connections again with their "
+              "tokens", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -319,6 +340,14 @@ def parser() -> argparse.ArgumentParser:
     du = db_sub.add_parser("upgrade", help="apply all migrations")
     du.add_argument("--embedded", action="store_true", help="migrate the database `candor serve --embedded` uses")
     du.set_defaults(func=cmd_db_upgrade)
+
+    ls = sub.add_parser("labelstudio", help="the Label Studio ML backend's stored connections")
+    ls_sub = ls.add_subparsers(dest="labelstudio_command", required=True)
+    lr = ls_sub.add_parser(
+        "rekey", help="seal every stored Label Studio token with the first key of CANDOR_LABELSTUDIO_TOKEN_KEYS"
+    )
+    lr.add_argument("--embedded", action="store_true", help="the database `candor serve --embedded` uses")
+    lr.set_defaults(func=cmd_labelstudio_rekey)
 
     from candor.cli import add_remote_parser
 

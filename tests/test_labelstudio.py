@@ -55,8 +55,16 @@ def ls_tasks(n: int = 12) -> tuple[list[dict], dict[str, bytes]]:
 # ---- a real service ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def service(database, tmp_path_factory):
-    """`candor serve` on the test database, allowed to fetch task images from loopback."""
-    yield from serving(database, tmp_path_factory, CANDOR_LABELSTUDIO_ALLOW_PRIVATE="1")
+    """`candor serve` on the test database, allowed to fetch task images from loopback, sealing the
+    Label Studio tokens it stores under a key made for this run."""
+    from cryptography.fernet import Fernet
+
+    yield from serving(
+        database,
+        tmp_path_factory,
+        CANDOR_LABELSTUDIO_ALLOW_PRIVATE="1",
+        CANDOR_LABELSTUDIO_TOKEN_KEYS=Fernet.generate_key().decode(),
+    )
 
 
 def api(base: str, key: str) -> httpx.Client:
@@ -293,6 +301,16 @@ def images():
     server.close()
 
 
+def stored_tokens() -> list[str]:
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.labelstudio.models import LabelStudioConnection
+
+    with session_scope() as s:
+        return list(s.scalars(select(LabelStudioConnection.token).where(LabelStudioConnection.token.is_not(None))))
+
+
 def basic(key: str, user: str = "labelstudio") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()}
 
@@ -336,8 +354,10 @@ def test_the_ml_backend_sets_up_and_predicts_tasks_fetched_by_url(service, impor
             {"from_name": "garment", "to_name": "photo", "type": "choices", "value": {"choices": [want["label"]]}}
         ]
         assert res["score"] == pytest.approx(want["top"][0]["p"], abs=1e-6)
-    # the token went to Label Studio's origin only
+    # the token went to Label Studio's origin only, and is stored sealed
     assert ("/data/upload/4/a.png", f"Token {TOKEN}") in images.seen
+    stored = stored_tokens()
+    assert stored and all(t.startswith("fernet:") and TOKEN not in t for t in stored), stored
     assert ("/public/b.png", f"Token {TOKEN}") in images.seen  # same origin as the connection's URL
     checked = sdk_validate(label_config(), [r | {"task": t["id"]} for r, t in zip(results, tasks, strict=True)])
     assert all(c["valid"] for c in checked), checked

@@ -155,6 +155,29 @@ class Settings(BaseSettings):
     labelstudio_timeout_seconds: float = Field(
         15.0, gt=0.0, description="a task image Label Studio's ML backend fetches must arrive within this many seconds"
     )
+    labelstudio_token_keys: str = Field(
+        "",
+        repr=False,
+        description="Fernet keys, comma-separated, that encrypt the Label Studio tokens the ML backend's /setup "
+        "stores: the first encrypts, every one decrypts (rotate by putting a new key first, then `candor "
+        "labelstudio rekey`); empty: tokens are stored as given",
+    )
+
+    @field_validator("labelstudio_token_keys")
+    @classmethod
+    def _fernet_keys(cls, value: str) -> str:
+        from cryptography.fernet import Fernet
+
+        for n, key in enumerate((k.strip() for k in value.split(",") if k.strip()), start=1):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"key {n} of CANDOR_LABELSTUDIO_TOKEN_KEYS is not a Fernet key (32 url-safe base64 bytes; "
+                    "make one with: python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())')"
+                ) from None
+        return value
 
     @field_validator("webhook_retry_seconds", mode="before")
     @classmethod

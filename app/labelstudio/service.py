@@ -7,7 +7,8 @@ password (any user name). ``Authorization: Bearer <key>`` works as well.
 Task images: a task's data holds a URL (``/data/upload/...`` relative to Label Studio, or an
 absolute one). They are fetched with the Label Studio URL and token of the project's connection,
 which /setup stores from the connection's extra params (``{"url", "token", "train"}``) or from
-the ``hostname``/``access_token`` older Label Studio versions send. The token goes only to Label
+the ``hostname``/``access_token`` older Label Studio versions send; the token encrypted under
+``CANDOR_LABELSTUDIO_TOKEN_KEYS`` when set (:mod:`app.labelstudio.tokens`). The token goes only to Label
 Studio's own origin. Every fetch connects only to addresses the webhook rules allow
 (:mod:`app.webhooks.addresses`; loopback and private ones with ``CANDOR_LABELSTUDIO_ALLOW_PRIVATE``)
 and follows no redirect.
@@ -58,6 +59,7 @@ from app.labelstudio.schemas import (
     LabelStudioTaskPrediction,
     LabelStudioWebhookAnswer,
 )
+from app.labelstudio.tokens import TokenError, seal, unseal
 from app.ml.data import InputError
 from app.ml.text import show
 from app.ml.votes import CandidatePolicy, derive_candidates, validate_annotations
@@ -188,7 +190,7 @@ def setup(session: Session, tenant: TenantRef, classifier_id: uuid.UUID, body: L
                 "Invalid request",
                 f"project {project} is connected to another Label Studio; give its token with the new URL",
             )
-        conn.url, conn.token, conn.train = url or conn.url, token or conn.token, train
+        conn.url, conn.token, conn.train = url or conn.url, seal(token) if token else conn.token, train
         session.flush()
     session.commit()
     return version
@@ -249,7 +251,10 @@ def _request(method: str, url: str, headers: dict[str, str], body: bytes | None 
 def _auth_header(conn: LabelStudioConnection) -> dict[str, str]:
     """Label Studio's Authorization for the connection's token: a personal access token (a JWT) is
     exchanged for an access token first; a legacy token is sent as it is."""
-    token = conn.token or ""
+    try:
+        token = unseal(conn.token or "")
+    except TokenError as exc:
+        raise FetchError(str(exc)) from exc
     if token.count(".") != 2:
         return {"authorization": f"Token {token}"}
     url = urljoin(conn.url.rstrip("/") + "/", "api/token/refresh")
