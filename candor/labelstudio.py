@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import xml.etree.ElementTree as ElementTree
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 import httpx
 
 from candor.errors import CandorError
+from candor.labelconfig import LabelConfig, LabelConfigError, parse_label_config
 
 CONFIG_NAME = "label_config.xml"
 EXPORT_NAME = "export.json"
@@ -101,22 +101,12 @@ def zip_path(ref: str) -> str:
     return path.lstrip("/")
 
 
-def image_key(label_config: str) -> str:
-    """The task data key of the config's first <Image> (``$image`` -> ``image``)."""
-    root = ElementTree.fromstring(label_config)
-    for el in root.iter():
-        if isinstance(el.tag, str) and el.tag.lower() == "image" and el.get("value", "").startswith("$"):
-            return el.get("value")[1:]
-    raise CandorError('the project\'s labeling config has no <Image value="$...">')
-
-
-def choices(label_config: str) -> list[str]:
-    """The values of the config's first <Choices> (the dataset's classes)."""
-    root = ElementTree.fromstring(label_config)
-    for el in root.iter():
-        if isinstance(el.tag, str) and el.tag.lower() == "choices":
-            return [c.get("value") for c in el.iter() if isinstance(c.tag, str) and c.tag.lower() == "choice"]
-    raise CandorError("the project's labeling config has no <Choices>")
+def parsed(label_config: str) -> LabelConfig:
+    """The project's config as the service reads it (the <Choices> that labels an <Image>)."""
+    try:
+        return parse_label_config(label_config)
+    except LabelConfigError as exc:
+        raise CandorError(f"the project's labeling config: {exc}") from exc
 
 
 def export_zip(url: str, token: str, project: int, out: str | Path) -> tuple[Path, list[str]]:
@@ -125,11 +115,12 @@ def export_zip(url: str, token: str, project: int, out: str | Path) -> tuple[Pat
     to point there."""
     out = Path(out)
     with LabelStudio(url, token) as ls:
-        config = ls.project(project)["label_config"]
-        key = image_key(config)
+        text = ls.project(project)["label_config"]
+        config = parsed(text)
+        key = config.data_key
         tasks = ls.export(project)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(CONFIG_NAME, config)
+            zf.writestr(CONFIG_NAME, text)
             written: set[str] = set()
             for task in tasks:
                 ref = (task.get("data") or {}).get(key)
@@ -142,7 +133,7 @@ def export_zip(url: str, token: str, project: int, out: str | Path) -> tuple[Pat
                     zf.writestr(path, ls.media(ref))
                     written.add(path)
             zf.writestr(EXPORT_NAME, json.dumps(tasks))
-    return out, choices(config)
+    return out, list(config.choices)
 
 
 def push_predictions(url: str, token: str, project: int, predictions: list[dict]) -> int:

@@ -706,3 +706,24 @@ def test_the_ml_backend_refuses_tasks_whose_images_add_up_past_the_budget(
     r = client.post(f"/v1/labelstudio/{classifier}/predict", json=body, headers=auth)
     assert r.status_code == 413, r.text
     assert r.json()["detail"].startswith("task 8: the tasks' images add up to more than")
+
+
+def test_the_client_reads_a_label_config_as_the_service_does():
+    from app.imports.labelstudio import parse_label_config
+    from candor.errors import CandorError
+    from candor.labelstudio import parsed
+
+    two = (
+        '<View>\n  <Text name="caption" value="$text"/>\n'
+        '  <Choices name="mood" toName="caption"><Choice value="happy"/></Choices>\n'
+        '  <Image name="photo" value="$img"/>\n'
+        '  <Choices name="garment" toName="photo"><Choice value="coat"/><Choice value="shirt"/></Choices>\n</View>'
+    )
+    client, server = parsed(two), parse_label_config(two)
+    assert client == server and (client.from_name, client.data_key, client.choices) == (
+        "garment",
+        "img",
+        ("coat", "shirt"),
+    )
+    with pytest.raises(CandorError, match="no <Choices> control of the label config labels an <Image>"):
+        parsed('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
