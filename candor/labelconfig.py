@@ -1,14 +1,18 @@
 """Label Studio labeling configs: the ``<Choices>`` that labels an ``<Image>``, read one way by the
 service (the ML backend and the import) and by the client (`candor remote labelstudio-import`).
-The standard library and the quoting of user text only, so the client reads configs without
-the service's heavier dependencies."""
+The standard library only: the client (which imports no ``app``) reads configs with it too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
-from app.ml.text import show
+
+def show(name: str | None, limit: int = 60) -> str:
+    """A name from the config, quoted for a message; unprintable characters as escapes."""
+    text = name or ""
+    body = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text[:limit])
+    return f"'{body}{'…' if len(text) > limit else ''}'"
 
 
 class LabelConfigError(ValueError):

@@ -11,6 +11,7 @@ import base64
 import http.server
 import json
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -727,3 +728,12 @@ def test_the_client_reads_a_label_config_as_the_service_does():
     )
     with pytest.raises(CandorError, match="no <Choices> control of the label config labels an <Image>"):
         parsed('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
+
+
+def test_the_client_package_imports_no_service_module():
+    code = (
+        "import sys, candor, candor.client, candor.cli, candor.labelstudio, candor.labelconfig\n"
+        "print(sorted(m for m in sys.modules if m == 'app' or m.startswith('app.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
