@@ -1,8 +1,9 @@
 """The web UI in a real browser: Debian's chromium driven through chromium-driver by Selenium,
 against a real service and worker. Sign in, open a finished job, look at its report, review five
-items by keyboard, check that the labels export reflects them, and check that another tenant's key
-sees none of it. Screenshots go to build/screenshots/; with CANDOR_DOCS_SCREENSHOT=1 the review
-page's is also written to docs/review.png (the README's picture)."""
+items by keyboard, check that the labels export reflects them, watch a running job's progress
+advance live until it is cancelled, and check that another tenant's key sees none of it.
+Screenshots go to build/screenshots/; with CANDOR_DOCS_SCREENSHOT=1 the review page's is also
+written to docs/review.png (the README's picture)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,32 @@ def test_sign_in_report_review_five_by_keyboard_and_the_export_reflects_them(bro
     assert reviewed == {i: (label, label is None) for i, label in picked.items()}
     trail = httpx.get(f"{base}/v1/jobs/{trained.job_id}/reviews", headers=trained.auth).json()["items"]
     assert {d["reviewer"] for d in trail} == {f"{trained.tenant}/{trained.key[:12]}"}
+
+
+def test_a_running_jobs_page_follows_its_progress_live_until_it_ends(browser, trained):
+    from tests.review_service import CONFIG
+
+    config = CONFIG | {"train": CONFIG["train"] | {"epochs": 1000}}  # long enough to watch, then cancelled
+    r = httpx.post(f"{trained.base}/v1/jobs", headers=trained.auth, json={"dataset_id": trained.dataset_id,
+                                                                         "config": config})  # fmt: skip
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    try:
+        sign_in(browser, trained.base, trained.key)
+        browser.get(f"{trained.base}/ui/jobs/{job_id}")
+        assert wait(browser, By.ID, "job").get_attribute("data-terminal") == "no"
+        # the page polls: training's epochs appear and advance without a reload
+        WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "detail").text.startswith("epoch "))
+        first = browser.find_element(By.ID, "detail").text
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "detail").text.split(" · ")[0]
+                                         != first.split(" · ")[0])  # fmt: skip
+        assert browser.find_element(By.ID, "state").text == "training"
+        assert int(browser.find_element(By.ID, "bar").get_attribute("value")) > 0
+        shot(browser, "job-running")
+    finally:
+        httpx.post(f"{trained.base}/v1/jobs/{job_id}/cancel", headers=trained.auth)
+    WebDriverWait(browser, 120).until(ec.text_to_be_present_in_element((By.ID, "state"), "cancelled"))
+    assert not browser.find_element(By.ID, "links").is_displayed()  # no report for a cancelled job
 
 
 def test_another_tenants_key_sees_none_of_it(browser, trained, other_key):  # noqa: F811
