@@ -53,7 +53,7 @@ def test_a_setting_that_is_not_a_fernet_key_names_the_key(keys):
     good = Fernet.generate_key().decode()
     with pytest.raises(ValueError, match="key 2 of CANDOR_LABELSTUDIO_TOKEN_KEYS is not a Fernet key"):
         Settings(labelstudio_token_keys=f"{good},not-a-key")
-    assert Settings(labelstudio_token_keys=f" {good} ").labelstudio_token_keys.strip() == good
+    assert Settings(labelstudio_token_keys=f" {good} ").labelstudio_token_keys == [good]
 
 
 def test_rekey_seals_every_stored_token_with_the_new_first_key(committed, keys, capsys):  # noqa: F811

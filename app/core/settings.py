@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     labelstudio_timeout_seconds: float = Field(
         15.0, gt=0.0, description="a task image Label Studio's ML backend fetches must arrive within this many seconds"
     )
-    labelstudio_token_keys: str = Field(
-        "",
+    labelstudio_token_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
         repr=False,
         description="Fernet keys, comma-separated, that encrypt the Label Studio tokens the ML backend's /setup "
         "stores: the first encrypts, every one decrypts (rotate by putting a new key first, then `candor "
@@ -165,10 +165,10 @@ class Settings(BaseSettings):
 
     @field_validator("labelstudio_token_keys")
     @classmethod
-    def _fernet_keys(cls, value: str) -> str:
+    def _fernet_keys(cls, value: list[str]) -> list[str]:
         from cryptography.fernet import Fernet
 
-        for n, key in enumerate((k.strip() for k in value.split(",") if k.strip()), start=1):
+        for n, key in enumerate(value, start=1):
             try:
                 Fernet(key)
             except (ValueError, TypeError):
@@ -179,9 +179,9 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("webhook_retry_seconds", mode="before")
+    @field_validator("webhook_retry_seconds", "labelstudio_token_keys", mode="before")
     @classmethod
-    def _split_seconds(cls, value):
+    def _split_commas(cls, value):
         if isinstance(value, str):
             return [p for p in value.replace(" ", "").split(",") if p]
         return value

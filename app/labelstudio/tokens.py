@@ -21,12 +21,8 @@ class TokenError(Exception):
     """A stored token that cannot be read; the message says why in plain words."""
 
 
-def _keys(value: str) -> list[str]:
-    return [k.strip() for k in value.split(",") if k.strip()]
-
-
 def _fernet() -> MultiFernet | None:
-    keys = _keys(get_settings().labelstudio_token_keys)
+    keys = get_settings().labelstudio_token_keys
     return MultiFernet([Fernet(k) for k in keys]) if keys else None
 
 
